@@ -1,0 +1,97 @@
+"""Evaluate no-CoT, explicit-CoT and implicit-CoT models: exact match and examples/s.
+
+    python recipes/evaluate.py --task 4x4_mult --dataset_name_or_path data/4x4_mult \
+        --no_cot_model outputs/4x4_mult/no_cot --teacher_model outputs/4x4_mult/teacher \
+        --implicit_model outputs/4x4_mult/coupled \
+        --test_files ../shared/data/icot_original/4_by_4_mult/test_bigbench.txt \
+        --output_dir results/4x4_mult
+
+Accuracy is measured at the largest batch size over the whole set; throughput at each
+batch size (batch 1 on the first --max_examples_batch1 examples, to bound the time).
+Writes results.json, results.md and accuracy_vs_throughput.png to --output_dir.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
+
+from icot_hf import ImplicitCoTForCausalLM
+from icot_hf.data import load_icot_dataset, read_icot_text
+from icot_hf.evaluation import DirectAnswerer, ExplicitCoTAnswerer, ImplicitCoTAnswerer, evaluate_answerer
+from icot_hf.results import write_results
+
+logger = logging.getLogger("icot_hf.evaluate")
+
+
+@dataclass
+class EvalArguments:
+    task: str = field(default="4x4_mult", metadata={"help": "Task name for the results table."})
+    dataset_name_or_path: str | None = field(default=None, metadata={"help": "Dataset whose --split is evaluated."})
+    split: str = field(default="test", metadata={"help": "Split of --dataset_name_or_path to evaluate."})
+    test_files: list[str] = field(default_factory=list, metadata={"help": "Extra ICoT text files to evaluate (e.g. the paper's test set)."})
+    no_cot_model: str | None = field(default=None, metadata={"help": "No-CoT baseline folder or Hub id."})
+    teacher_model: str | None = field(default=None, metadata={"help": "Explicit-CoT teacher folder or Hub id."})
+    implicit_model: str | None = field(default=None, metadata={"help": "ImplicitCoTForCausalLM folder or Hub id."})
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 64], metadata={"help": "Batch sizes to time."})
+    max_examples: int | None = field(default=None, metadata={"help": "Evaluate only the first N examples of each set."})
+    max_examples_batch1: int = field(default=200, metadata={"help": "Examples timed at batch size 1."})
+    output_dir: str = field(default="results/4x4_mult", metadata={"help": "Where results.json/.md/.png go."})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's)."})
+
+
+def evaluation_sets(args: EvalArguments) -> dict[str, tuple[list[str], list[str]]]:
+    sets = {}
+    if args.dataset_name_or_path:
+        data = load_icot_dataset(args.dataset_name_or_path, split=args.split)
+        sets[f"{Path(args.dataset_name_or_path).name} [{args.split}]"] = (list(data["input"]), list(data["answer"]))
+    for path in args.test_files:
+        rows = read_icot_text(path)
+        sets[str(path)] = ([r["input"] for r in rows], [r["answer"] for r in rows])
+    if not sets:
+        raise ValueError("nothing to evaluate: give --dataset_name_or_path and/or --test_files")
+    return sets
+
+
+def load_answerers(args: EvalArguments) -> dict:
+    answerers = {}
+    if args.no_cot_model:
+        answerers["no_cot"] = DirectAnswerer(AutoModelForCausalLM.from_pretrained(args.no_cot_model), AutoTokenizer.from_pretrained(args.no_cot_model))
+    if args.teacher_model:
+        answerers["explicit_cot"] = ExplicitCoTAnswerer(AutoModelForCausalLM.from_pretrained(args.teacher_model), AutoTokenizer.from_pretrained(args.teacher_model))
+    if args.implicit_model:
+        answerers["implicit_cot"] = ImplicitCoTAnswerer(ImplicitCoTForCausalLM.from_pretrained(args.implicit_model), AutoTokenizer.from_pretrained(args.implicit_model))
+    if not answerers:
+        raise ValueError("no model to evaluate: give --no_cot_model, --teacher_model and/or --implicit_model")
+    return answerers
+
+
+def main():
+    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses()
+    logging.basicConfig(level=logging.INFO)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sets, answerers = evaluation_sets(args), load_answerers(args)
+    largest = max(args.batch_sizes)
+    results = {"task": args.task, "evaluations": {}, "settings": {"batch_sizes": args.batch_sizes, "max_examples_batch1": args.max_examples_batch1, "threads": torch.get_num_threads()}}
+    for set_name, (questions, references) in sets.items():
+        per_method = results["evaluations"].setdefault(set_name, {})
+        for method, answerer in answerers.items():
+            entry = {"throughput": {}}
+            for batch_size in sorted(args.batch_sizes, reverse=True):
+                limit = args.max_examples if batch_size == largest else min(args.max_examples or 10**9, args.max_examples_batch1)
+                run = evaluate_answerer(answerer, questions, references, batch_size, description=f"{method} bs={batch_size}", max_examples=limit)
+                entry["throughput"][str(batch_size)] = run["examples_per_second"]
+                if batch_size == largest:
+                    entry.update(accuracy=run["accuracy"], num_examples=run["num_examples"], sample_predictions=run["predictions"][:5])
+                logger.info("%s | %s | batch %d: exact match %.3f, %.1f examples/s", set_name, method, batch_size, run["accuracy"], run["examples_per_second"])
+            per_method[method] = entry
+    paths = write_results(results, args.output_dir)
+    print(Path(paths["markdown"]).read_text())
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Train the mind-reading student: it answers from the frozen teacher's hidden states.
+
+    accelerate launch --config_file recipes/accelerate_configs/cpu.yaml \
+        recipes/mind_reading.py --config recipes/configs/4x4_mult/mind_reading.yaml
+"""
+
+import logging
+
+from transformers import set_seed
+
+from icot_hf import ImplicitCoTStudent
+from icot_hf.recipe_utils import (
+    ScriptArguments, train_and_save, build_distillation_base, collator_for, context_length_of, load_splits,
+    load_teacher, load_tokenizer, parse_args,
+)
+from icot_hf.tokenization import separator_token_id
+from icot_hf.trainers import MindReadingConfig, MindReadingTrainer
+
+
+def main():
+    script_args, training_args = parse_args(ScriptArguments, MindReadingConfig)
+    logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
+    set_seed(training_args.seed)
+    tokenizer = load_tokenizer(script_args, fallback_path=script_args.teacher_name_or_path)
+    teacher = load_teacher(script_args)
+    student = ImplicitCoTStudent.from_base_model(
+        build_distillation_base(script_args, tokenizer, teacher),
+        teacher_num_layers=teacher.config.num_hidden_layers,
+        teacher_hidden_size=teacher.config.hidden_size,
+    )
+    views = ("explicit", "implicit")
+    train, evaluation = load_splits(script_args, tokenizer, views, context_length_of(teacher))
+    trainer = MindReadingTrainer(
+        model=student,
+        teacher=teacher,
+        args=training_args,
+        data_collator=collator_for(tokenizer, views),
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+        separator_id=separator_token_id(tokenizer, script_args.separator_token),
+    )
+    train_and_save(trainer, training_args)
+
+
+if __name__ == "__main__":
+    main()

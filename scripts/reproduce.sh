@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The paper's pipeline end to end for one task:
+#   data -> teacher -> (mind-reading student, thought emulator) -> coupled -> evaluation
+# plus a no-CoT baseline of the teacher's size and example budget.
+# Every stage is skipped when its finished model exists (training_complete.json), and an
+# interrupted stage resumes from its last checkpoint, so re-running continues the run.
+#
+#   TASK=4x4_mult PRESET=cpu TEST_FILE=../shared/data/icot_original/4_by_4_mult/test_bigbench.txt \
+#       bash scripts/reproduce.sh
+set -euo pipefail
+TASK=${TASK:-4x4_mult}
+PRESET=${PRESET:-cpu}
+TEST_FILE=${TEST_FILE:-}
+PY=${PY:-.venv/bin/python}
+ACCELERATE=${ACCELERATE:-.venv/bin/accelerate}
+ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-recipes/accelerate_configs/cpu.yaml}
+EXTRA_ARGS=${EXTRA_ARGS:-}
+CONFIGS=recipes/configs/$TASK
+[ "$PRESET" = cpu ] || CONFIGS=recipes/configs/$TASK/$PRESET
+OUT=outputs/$TASK
+[ "$PRESET" = cpu ] || OUT=outputs/$TASK-$PRESET
+RESULTS=results/$TASK
+[ "$PRESET" = cpu ] || RESULTS=results/$TASK-$PRESET
+[ -d "$CONFIGS" ] || { echo "reproduce: no configs in $CONFIGS (TASK=$TASK PRESET=$PRESET)"; exit 2; }
+mkdir -p "$OUT" "$RESULTS" logs
+export HF_HUB_DISABLE_TELEMETRY=1
+STARTED=$(date +%s)
+
+timed() {  # timed NAME COMMAND...: run, log to logs/, and record the wall time
+  local name=$1; shift
+  local t0; t0=$(date +%s)
+  echo "==> [$TASK] $name  ($(date +%H:%M:%S))"
+  "$@" 2>&1 | tee "logs/${TASK}_${name}.log"
+  echo "$name $(( $(date +%s) - t0 ))" >> "$RESULTS/stage_seconds.txt"
+}
+
+stage() {  # stage NAME RECIPE CONFIG OUTPUT_DIR [extra args]
+  local name=$1 recipe=$2 config=$3 output=$4; shift 4
+  if [ -f "$output/training_complete.json" ]; then
+    echo "==> [$TASK] $name: done ($output), skipping"
+    return
+  fi
+  # shellcheck disable=SC2086
+  timed "$name" "$ACCELERATE" launch --config_file "$ACCELERATE_CONFIG" "recipes/$recipe.py" \
+    --config "$CONFIGS/$config.yaml" --output_dir "$output" "$@" $EXTRA_ARGS
+}
+
+# 1. data
+DATA=$(awk '/^dataset_name_or_path:/{print $2}' "$CONFIGS/teacher.yaml")
+if [ -f "$CONFIGS/data.yaml" ] && [ ! -f "$DATA/dataset_dict.json" ]; then
+  echo "==> [$TASK] data -> $DATA"
+  args=$($PY -c "import sys,yaml; d=yaml.safe_load(open(sys.argv[1])); print(' '.join(f'--{k} {v}' for k,v in d.items() if k!='script'))" "$CONFIGS/data.yaml")
+  script=$($PY -c "import sys,yaml; print(yaml.safe_load(open(sys.argv[1])).get('script','make_multiplication'))" "$CONFIGS/data.yaml")
+  excludes=()
+  [ -n "$TEST_FILE" ] && [ "$script" = make_multiplication ] && excludes=(--exclude_files "$TEST_FILE")
+  # shellcheck disable=SC2086
+  timed data "$PY" "dataset_scripts/$script.py" $args "${excludes[@]}" --output_dir "$DATA"
+fi
+
+# 2. teacher and no-CoT baseline
+stage teacher teacher teacher "$OUT/teacher"
+stage no_cot teacher no_cot "$OUT/no_cot"
+# 3. distillation stages, 4. couple and optimize
+stage mind_reading mind_reading mind_reading "$OUT/mind_reading" --teacher_name_or_path "$OUT/teacher"
+stage emulator emulator emulator "$OUT/emulator" --teacher_name_or_path "$OUT/teacher"
+stage coupled couple couple "$OUT/coupled" --student_name_or_path "$OUT/mind_reading" --emulator_name_or_path "$OUT/emulator"
+
+# 5. evaluation
+tests=()
+[ -n "$TEST_FILE" ] && tests=(--test_files "$TEST_FILE")
+timed evaluate "$PY" recipes/evaluate.py --task "$TASK" --dataset_name_or_path "$DATA" --split test "${tests[@]}" \
+  --no_cot_model "$OUT/no_cot" --teacher_model "$OUT/teacher" --implicit_model "$OUT/coupled" \
+  --output_dir "$RESULTS" ${EVAL_ARGS:-}
+echo "==> [$TASK] finished in $(( $(date +%s) - STARTED )) s; results in $RESULTS/"

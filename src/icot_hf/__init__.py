@@ -1,0 +1,36 @@
+"""icot_hf: implicit chain-of-thought reasoning via knowledge distillation, on the Hugging Face stack."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from .configuration_icot import ImplicitCoTConfig, ImplicitCoTEmulatorConfig, ImplicitCoTStudentConfig
+from .modeling_icot import ImplicitCoTEmulator, ImplicitCoTForCausalLM, ImplicitCoTStudent
+from .tokenization import build_digit_tokenizer
+
+__version__ = "0.1.0"
+
+
+def _register_auto_classes() -> None:
+    pairs = [
+        (ImplicitCoTStudentConfig, ImplicitCoTStudent, AutoModel, "AutoModel"),
+        (ImplicitCoTEmulatorConfig, ImplicitCoTEmulator, AutoModel, "AutoModel"),
+        (ImplicitCoTConfig, ImplicitCoTForCausalLM, AutoModelForCausalLM, "AutoModelForCausalLM"),
+    ]
+    for config_class, model_class, auto_model, auto_name in pairs:
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+        auto_model.register(config_class, model_class, exist_ok=True)
+        # Saved folders also carry the code, so `trust_remote_code=True` loads them without icot_hf.
+        config_class.register_for_auto_class()
+        model_class.register_for_auto_class(auto_name)
+
+
+_register_auto_classes()
+
+__all__ = [
+    "ImplicitCoTConfig",
+    "ImplicitCoTEmulatorConfig",
+    "ImplicitCoTStudentConfig",
+    "ImplicitCoTEmulator",
+    "ImplicitCoTForCausalLM",
+    "ImplicitCoTStudent",
+    "build_digit_tokenizer",
+]

@@ -1,0 +1,306 @@
+"""ICoT data: the text format, `datasets` loading, tokenised views and collators.
+
+One example is `input`, `cot`, `answer`; on disk a line `input||cot #### answer`.
+Models see it through two token views, with the separator `S`:
+
+    explicit view   input S cot S answer S     (teacher training, teacher states)
+    implicit view   input S answer S           (student, emulator, coupled, inference)
+
+Labels are -100 up to and including the first `S`, so the loss covers only what
+follows it. Each view also stores the positions of its separators, so nothing later
+has to search for `S` (which may equal the pad token).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+from .tokenization import separator_token_id
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = ("input", "cot", "answer")
+VIEWS = ("explicit", "implicit")
+
+
+class ICoTFormatError(ValueError):
+    """A data line or dataset that does not follow the ICoT format."""
+
+
+# ----------------------------------------------------------------------------- text format
+
+
+def parse_icot_line(line: str, source: str = "<string>", line_number: int = 0) -> dict[str, str]:
+    """`input||cot #### answer` -> {input, cot, answer}; errors name the file and line."""
+    where = f"{source}:{line_number}"
+    text = line.rstrip("\r\n")
+    if "||" not in text:
+        raise ICoTFormatError(f"{where}: no '||' between input and chain of thought; expected 'input||cot #### answer'")
+    question, rest = text.split("||", 1)
+    if "####" not in rest:
+        raise ICoTFormatError(f"{where}: no '####' before the answer; expected 'input||cot #### answer'")
+    cot, answer = rest.rsplit("####", 1)
+    question, cot, answer = question.strip(), cot.strip(), answer.strip()
+    if not question:
+        raise ICoTFormatError(f"{where}: empty input before '||'")
+    if not answer:
+        raise ICoTFormatError(f"{where}: empty answer after '####'")
+    return {"input": question, "cot": cot, "answer": answer}
+
+
+def format_icot_line(example: dict[str, str]) -> str:
+    return f"{example['input']}||{example['cot']} #### {example['answer']}"
+
+
+def read_icot_text(path: str | os.PathLike) -> list[dict[str, str]]:
+    """Read one ICoT text file; blank lines are skipped, anything else must parse."""
+    path = Path(path)
+    examples = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ICoTFormatError(
+                    f"{path}:{number}: bytes that are not UTF-8 ({error.reason} at byte {error.start}); re-encode the file as UTF-8"
+                ) from None
+            if not line.strip():
+                continue
+            examples.append(parse_icot_line(line, str(path), number))
+    if not examples:
+        raise ICoTFormatError(f"{path}: no examples; the file is empty")
+    return examples
+
+
+def write_icot_text(examples: Iterable[dict[str, str]], path: str | os.PathLike) -> None:
+    """Write examples as text through a temporary file, so a crash leaves no half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as handle:
+        for example in examples:
+            handle.write(format_icot_line(example) + "\n")
+        temporary = handle.name
+    os.replace(temporary, path)
+
+
+def dataset_from_text_files(files: dict[str, str | os.PathLike]) -> DatasetDict:
+    """{split: path} of ICoT text files -> DatasetDict with columns input, cot, answer."""
+    splits = {}
+    for split, path in files.items():
+        rows = read_icot_text(path)
+        splits[split] = Dataset.from_dict({c: [r[c] for r in rows] for c in COLUMNS})
+    return DatasetDict(splits)
+
+
+def save_dataset_dict(dataset: DatasetDict, output_dir: str | os.PathLike) -> None:
+    """Save to a sibling temporary folder, then swap it in: never a half-written dataset."""
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        dataset.save_to_disk(str(staging))
+        if output_dir.exists():
+            old = output_dir.with_name(f".{output_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(output_dir, old)
+            os.replace(staging, output_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def validate_columns(dataset: Dataset | DatasetDict, source: str) -> None:
+    splits = dataset.items() if isinstance(dataset, DatasetDict) else [("data", dataset)]
+    for split, part in splits:
+        missing = [c for c in COLUMNS if c not in part.column_names]
+        if missing:
+            raise ICoTFormatError(
+                f"{source} [{split}]: missing column(s) {missing}; an ICoT dataset needs columns {list(COLUMNS)} "
+                f"(has {part.column_names}). Rename columns with dataset.rename_column or convert text files with "
+                "dataset_scripts/convert_icot_text.py"
+            )
+        if len(part) == 0:
+            raise ICoTFormatError(f"{source} [{split}]: the split is empty")
+
+
+def load_icot_dataset(name_or_path: str, split: str | None = None) -> DatasetDict | Dataset:
+    """A saved DatasetDict folder, an ICoT text file, or a Hub dataset id."""
+    path = Path(name_or_path)
+    if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists()):
+        dataset = load_from_disk(str(path))
+    elif path.is_file():
+        dataset = dataset_from_text_files({split or "train": path})
+    elif path.exists():
+        raise ICoTFormatError(f"{path}: not a saved dataset (no dataset_dict.json) and not a text file")
+    else:
+        dataset = load_dataset(name_or_path)
+    validate_columns(dataset, name_or_path)
+    if split is not None and isinstance(dataset, DatasetDict):
+        if split not in dataset:
+            raise ICoTFormatError(f"{name_or_path}: no split {split!r}; it has {list(dataset)}")
+        return dataset[split]
+    return dataset
+
+
+# ----------------------------------------------------------------------------- token views
+
+
+def _encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    # A leading space makes BPE tokenizers (GPT-2 style) see each part as it appears
+    # mid-sentence, as in the paper's code; word-level tokenizers ignore it.
+    return tokenizer([" " + t for t in texts], add_special_tokens=False)["input_ids"]
+
+
+def build_views(
+    examples: dict[str, list[str]],
+    tokenizer,
+    separator_id: int,
+    views: Sequence[str] = VIEWS,
+    max_length: int | None = None,
+) -> dict[str, list]:
+    """Batched `datasets.map` function: token ids, labels and separator positions per view."""
+    inputs = _encode(tokenizer, examples["input"])
+    answers = _encode(tokenizer, examples["answer"])
+    cots = _encode(tokenizer, examples["cot"]) if "explicit" in views else None
+    out: dict[str, list] = {}
+    for view in views:
+        ids_col, labels_col, seps_col = [], [], []
+        for i, (question, answer) in enumerate(zip(inputs, answers)):
+            parts = [question, answer] if view == "implicit" else [question, cots[i], answer]
+            ids, seps = [], []
+            for part in parts:
+                ids.extend(part)
+                seps.append(len(ids))
+                ids.append(separator_id)
+            first = seps[0]
+            labels = [-100] * (first + 1) + ids[first + 1 :]
+            ids_col.append(ids)
+            labels_col.append(labels)
+            seps_col.append(seps)
+        out[f"{view}_input_ids"] = ids_col
+        out[f"{view}_labels"] = labels_col
+        out[f"{view}_separators"] = seps_col
+    if max_length is not None:
+        longest = [max(len(out[f"{v}_input_ids"][i]) for v in views) for i in range(len(inputs))]
+        out["length"] = longest
+    return out
+
+
+def tokenize_dataset(
+    dataset: Dataset,
+    tokenizer,
+    views: Sequence[str] = VIEWS,
+    separator_token: str | None = None,
+    max_length: int | None = None,
+    on_overflow: str = "error",
+    num_proc: int | None = None,
+    split_name: str = "dataset",
+) -> Dataset:
+    """Tokenise `dataset` into the given views (cached by `datasets` like any map).
+
+    Sequences longer than `max_length` (the model's context) raise an error naming the
+    first offending row, or are dropped with a logged count when on_overflow="drop".
+    """
+    if on_overflow not in ("error", "drop"):
+        raise ValueError(f"on_overflow must be 'error' or 'drop', got {on_overflow!r}")
+    unknown = set(views) - set(VIEWS)
+    if unknown:
+        raise ValueError(f"unknown view(s) {sorted(unknown)}; choose from {VIEWS}")
+    validate_columns(dataset, split_name)
+    separator_id = separator_token_id(tokenizer, separator_token)
+    tokenized = dataset.map(
+        build_views,
+        batched=True,
+        fn_kwargs={"tokenizer": tokenizer, "separator_id": separator_id, "views": tuple(views), "max_length": max_length},
+        remove_columns=[c for c in dataset.column_names if c not in COLUMNS],
+        num_proc=num_proc,
+        desc=f"Tokenising {split_name} ({'+'.join(views)} view)",
+    )
+    if max_length is None:
+        return tokenized
+    lengths = torch.from_numpy(tokenized.data.column("length").to_numpy().copy())
+    too_long = (lengths > max_length).nonzero().flatten().tolist()
+    if too_long:
+        if on_overflow == "error":
+            row = too_long[0]
+            raise ValueError(
+                f"{split_name}: {len(too_long)} example(s) exceed the model's context of {max_length} tokens "
+                f"(first: row {row}, {int(lengths[row])} tokens, input {tokenized[row]['input'][:60]!r}). "
+                "Use a model with a longer context, shorten the data, or set on_overflow='drop'."
+            )
+        keep = (lengths <= max_length).nonzero().flatten().tolist()
+        logger.warning("%s: dropped %d of %d examples longer than %d tokens", split_name, len(too_long), len(lengths), max_length)
+        tokenized = tokenized.select(keep)
+    if len(tokenized) == 0:
+        raise ValueError(f"{split_name}: no examples left after tokenisation")
+    return tokenized.remove_columns("length")
+
+
+def model_context_length(config) -> int | None:
+    for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+# ----------------------------------------------------------------------------- collation
+
+
+def pad_sequences(sequences: Sequence[Sequence[int]], pad_value: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad to the longest; returns (tensor, attention_mask)."""
+    width = max(len(s) for s in sequences)
+    tensor = torch.full((len(sequences), width), pad_value, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        n = len(seq)
+        if side == "right":
+            tensor[row, :n] = torch.as_tensor(seq, dtype=torch.long)
+            mask[row, :n] = 1
+        else:
+            tensor[row, width - n :] = torch.as_tensor(seq, dtype=torch.long)
+            mask[row, width - n :] = 1
+    return tensor, mask
+
+
+class ICoTCollator:
+    """Pads the chosen views of tokenised examples into `{view}_input_ids`, `_attention_mask`,
+    `_labels` and `_separators` (positions shifted for left padding)."""
+
+    def __init__(self, pad_token_id: int, views: Sequence[str] = VIEWS, padding_side: str = "right"):
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        self.pad_token_id = pad_token_id
+        self.views = tuple(views)
+        self.padding_side = padding_side
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {}
+        for view in self.views:
+            ids, mask = pad_sequences([f[f"{view}_input_ids"] for f in features], self.pad_token_id, self.padding_side)
+            labels, _ = pad_sequences([f[f"{view}_labels"] for f in features], -100, self.padding_side)
+            separators = torch.tensor([f[f"{view}_separators"] for f in features], dtype=torch.long)
+            if self.padding_side == "left":
+                separators = separators + (ids.shape[1] - mask.sum(1, keepdim=True))
+            batch[f"{view}_input_ids"] = ids
+            batch[f"{view}_attention_mask"] = mask
+            batch[f"{view}_labels"] = labels
+            batch[f"{view}_separators"] = separators
+        return batch
+
+
+def prompt_batch(tokenizer, questions: Sequence[str], separator_id: int, pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Left-padded `input S` prompts for generation from raw question strings."""
+    ids = [q + [separator_id] for q in _encode(tokenizer, questions)]
+    input_ids, attention_mask = pad_sequences(ids, pad_token_id, side="left")
+    return {"input_ids": input_ids, "attention_mask": attention_mask}

@@ -1,0 +1,131 @@
+"""Hidden-state substitution on any decoder-only causal LM, with forward pre-hooks.
+
+ICoT-KD edits one vector per row (the hidden state at the first separator) at the
+input of every decoder layer. Rather than fork each architecture's forward, we find
+the model's list of decoder blocks and register a pre-hook on each; the hook sees
+the block's hidden states as `args[0]` and returns an edited copy. Substitution is
+one `index_put` over (row, position) pairs: no Python loop over rows. It only fires on
+the pass whose sequence length is the one it was armed for (training forward or the
+prefill of `generate`), never on the length-1 decode steps that follow.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable
+
+import torch
+from torch import nn
+
+# Attribute paths of the decoder-block list, most common first.
+LAYER_PATHS = (
+    "model.layers",  # Llama, Mistral, Qwen2/3, Phi-3, Gemma, SmolLM, OLMo
+    "transformer.h",  # GPT-2, GPT-J, GPT-Neo, Falcon, BLOOM, CodeGen
+    "gpt_neox.layers",  # GPT-NeoX, Pythia
+    "model.decoder.layers",  # OPT
+    "transformer.layers",
+    "transformer.blocks",  # MPT
+    "model.language_model.layers",
+    "layers",
+    "h",
+)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """Step through DDP/DeepSpeed (`.module`) and peft (`get_base_model()`) wrappers."""
+    while True:
+        if callable(getattr(model, "get_base_model", None)):
+            model = model.get_base_model()
+        elif isinstance(getattr(model, "module", None), nn.Module):
+            model = model.module
+        else:
+            return model
+
+
+def get_decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks of a causal LM, in order; a clear error for an unknown layout."""
+    root = _unwrap(model)
+    for path in LAYER_PATHS:
+        node = root
+        for name in path.split("."):
+            node = getattr(node, name, None)
+            if node is None:
+                break
+        if isinstance(node, nn.ModuleList) and len(node) > 0:
+            return node
+    raise ValueError(
+        f"icot_hf cannot find the decoder layers of {type(root).__name__}: none of {', '.join(LAYER_PATHS)} "
+        "is a ModuleList. Add its path to icot_hf.hooks.LAYER_PATHS."
+    )
+
+
+def substitute_rows(hidden: torch.Tensor, positions: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """Copy of `hidden` (B, T, H) with hidden[b, positions[b]] = vectors[b]; differentiable."""
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    return hidden.index_put((rows, positions.to(hidden.device)), vectors.to(hidden.dtype))
+
+
+def gather_rows(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    return hidden[rows, positions.to(hidden.device)]
+
+
+# A layer edit takes (layer index, hidden states (B, T, H), positions (B,)) and returns
+# the edited hidden states.
+LayerEdit = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@contextmanager
+def edit_layer_inputs(model: nn.Module, positions: torch.Tensor, edit: LayerEdit, sequence_length: int):
+    """Within the block, run `edit` at the input of every decoder layer of `model` on
+    passes of length `sequence_length` (the armed pass); other passes are untouched.
+
+    Batches expanded by `generate` (beam search, num_return_sequences) are handled by
+    repeating `positions` to the batch size the layer sees.
+    """
+    layers = get_decoder_layers(model)
+    handles = []
+
+    def make_hook(index: int):
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if hidden.shape[1] != sequence_length:
+                return None
+            rows_positions = positions
+            if hidden.shape[0] != positions.shape[0]:
+                rows_positions = positions.repeat_interleave(hidden.shape[0] // positions.shape[0])
+            edited = edit(index, hidden, rows_positions)
+            if args:
+                return (edited, *args[1:]), kwargs
+            kwargs = dict(kwargs, hidden_states=edited)
+            return args, kwargs
+
+        return hook
+
+    try:
+        for index, layer in enumerate(layers):
+            handles.append(layer.register_forward_pre_hook(make_hook(index), with_kwargs=True))
+        yield layers
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def repeat_to_batch(vectors: torch.Tensor, batch_size: int) -> torch.Tensor:
+    if vectors.shape[0] == batch_size:
+        return vectors
+    return vectors.repeat_interleave(batch_size // vectors.shape[0], dim=0)
+
+
+@contextmanager
+def substitute_states(model: nn.Module, positions: torch.Tensor, vectors: torch.Tensor, sequence_length: int):
+    """Replace hidden[b, positions[b]] at the input of layer l with vectors[b, l] (B, L, H)."""
+    num_layers = len(get_decoder_layers(model))
+    if vectors.shape[1] != num_layers:
+        raise ValueError(f"got states for {vectors.shape[1]} layers but the model has {num_layers} decoder layers")
+
+    def edit(index, hidden, rows_positions):
+        return substitute_rows(hidden, rows_positions, repeat_to_batch(vectors[:, index], hidden.shape[0]))
+
+    with edit_layer_inputs(model, positions, edit, sequence_length):
+        yield

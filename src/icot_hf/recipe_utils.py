@@ -1,0 +1,192 @@
+"""Shared plumbing of the `recipes/` entry points: arguments from YAML and the command line,
+tokenizer, base model and tokenised data.
+
+Every recipe parses `(ScriptArguments, <Stage>Config)` with `HfArgumentParser`. Values
+come from `--config file.yaml` and are overridden by any `--field value` on the command
+line, so `accelerate launch recipes/teacher.py --config X.yaml --num_train_epochs 2` works.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
+from transformers.trainer_utils import get_last_checkpoint
+
+from .data import ICoTCollator, load_icot_dataset, model_context_length, tokenize_dataset
+from .tokenization import build_digit_tokenizer, separator_token_id
+
+logger = logging.getLogger(__name__)
+COMPLETE_MARKER = "training_complete.json"
+
+
+@dataclass
+class ScriptArguments:
+    """Data, tokenizer and model sources (everything that is not a training hyperparameter)."""
+
+    dataset_name_or_path: str = field(default="data/4x4_mult", metadata={"help": "Saved DatasetDict folder, ICoT text file, or Hub dataset id."})
+    train_split: str = field(default="train", metadata={"help": "Training split name."})
+    eval_split: str | None = field(default="valid", metadata={"help": "Evaluation split name (None: no evaluation)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training examples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation examples."})
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer to use; default: the model's, else icot_hf's digit tokenizer."}
+    )
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Pretrained base causal LM (Hub id or local path)."})
+    model_config: str | None = field(
+        default=None,
+        metadata={"help": "JSON (or YAML mapping) of a config to train from scratch, e.g. {model_type: gpt2, n_layer: 8, n_embd: 128, n_head: 4}."},
+    )
+    teacher_name_or_path: str | None = field(default=None, metadata={"help": "Trained explicit-CoT teacher (distillation stages)."})
+    student_name_or_path: str | None = field(default=None, metadata={"help": "Trained mind-reading student (coupled stage)."})
+    emulator_name_or_path: str | None = field(default=None, metadata={"help": "Trained thought emulator (coupled stage)."})
+    init_from_teacher: bool = field(
+        default=False,
+        metadata={"help": "Start the student's/emulator's base LM from the teacher's weights instead of model_name_or_path/model_config."},
+    )
+    separator_token: str | None = field(default=None, metadata={"help": "Token used as the separator S (default: eos)."})
+    on_overflow: str = field(default="error", metadata={"help": "Sequences over the model's context: 'error' or 'drop'."})
+
+    def __post_init__(self):
+        if self.on_overflow not in ("error", "drop"):
+            raise ValueError(f"on_overflow must be 'error' or 'drop', got {self.on_overflow!r}")
+
+
+def parse_args(*config_classes, argv: list[str] | None = None):
+    """Parse dataclasses from `--config YAML` plus command-line overrides."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(config_classes)
+    if "--config" in argv:
+        index = argv.index("--config")
+        if index + 1 >= len(argv):
+            raise SystemExit("--config needs a YAML file path")
+        path = argv[index + 1]
+        del argv[index : index + 2]
+        with open(path, encoding="utf-8") as handle:
+            values = yaml.safe_load(handle) or {}
+        known = {action.dest for action in parser._actions}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SystemExit(f"{path}: unknown field(s) {unknown}; see --help for the fields of this recipe")
+        for key, value in values.items():
+            if isinstance(value, (dict, list)) and key == "model_config":
+                values[key] = json.dumps(value)
+        parser.set_defaults(**values)
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def load_tokenizer(script_args: ScriptArguments, fallback_path: str | None = None):
+    source = script_args.tokenizer_name_or_path or script_args.model_name_or_path or fallback_path
+    if source is None:
+        return build_digit_tokenizer()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def build_base_model(script_args: ScriptArguments, tokenizer):
+    """A pretrained causal LM, or one built from `model_config` with the tokenizer's ids."""
+    if script_args.model_name_or_path:
+        model = AutoModelForCausalLM.from_pretrained(script_args.model_name_or_path)
+        if model.get_input_embeddings().num_embeddings < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer))
+        return model
+    if not script_args.model_config:
+        raise ValueError("give model_name_or_path (a pretrained model) or model_config (a config to train from scratch)")
+    values = yaml.safe_load(script_args.model_config) if isinstance(script_args.model_config, str) else dict(script_args.model_config)
+    model_type = values.pop("model_type", None)
+    if model_type is None:
+        raise ValueError("model_config needs a model_type (e.g. gpt2, llama)")
+    separator = separator_token_id(tokenizer, script_args.separator_token)
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tokenizer),
+        eos_token_id=separator,
+        bos_token_id=separator,
+        pad_token_id=tokenizer.pad_token_id,
+        **values,
+    )
+    return AutoModelForCausalLM.from_config(config)
+
+
+def load_teacher(script_args: ScriptArguments):
+    if not script_args.teacher_name_or_path:
+        raise ValueError("teacher_name_or_path is required: the trained explicit-CoT teacher (local folder or Hub id)")
+    return AutoModelForCausalLM.from_pretrained(script_args.teacher_name_or_path)
+
+
+def build_distillation_base(script_args: ScriptArguments, tokenizer, teacher):
+    """Base LM of a student or emulator: the teacher's weights, a pretrained model, or a
+    config (default: the teacher's own config, trained from scratch)."""
+    if script_args.init_from_teacher:
+        return AutoModelForCausalLM.from_pretrained(script_args.teacher_name_or_path)
+    if script_args.model_name_or_path or script_args.model_config:
+        return build_base_model(script_args, tokenizer)
+    return AutoModelForCausalLM.from_config(teacher.config)
+
+
+def load_splits(script_args: ScriptArguments, tokenizer, views, context_length: int | None):
+    """Tokenised train and eval splits (views as asked), checked against the model's context."""
+    dataset = load_icot_dataset(script_args.dataset_name_or_path)
+    if script_args.train_split not in dataset:
+        raise ValueError(f"{script_args.dataset_name_or_path}: no split {script_args.train_split!r}; it has {list(dataset)}")
+    train = dataset[script_args.train_split]
+    if script_args.max_train_samples:
+        train = train.select(range(min(script_args.max_train_samples, len(train))))
+    common = dict(views=views, separator_token=script_args.separator_token, max_length=context_length, on_overflow=script_args.on_overflow)
+    train = tokenize_dataset(train, tokenizer, split_name=f"{script_args.dataset_name_or_path}[{script_args.train_split}]", **common)
+    evaluation = None
+    if script_args.eval_split and script_args.eval_split in dataset:
+        evaluation = dataset[script_args.eval_split]
+        if script_args.max_eval_samples:
+            evaluation = evaluation.select(range(min(script_args.max_eval_samples, len(evaluation))))
+        evaluation = tokenize_dataset(evaluation, tokenizer, split_name=f"{script_args.dataset_name_or_path}[{script_args.eval_split}]", **common)
+    return train, evaluation
+
+
+def collator_for(tokenizer, views):
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return ICoTCollator(pad, views=views)
+
+
+def last_checkpoint(output_dir: str) -> str | None:
+    """The checkpoint to resume from, if an earlier run of this stage was interrupted."""
+    if os.path.isdir(output_dir):
+        return get_last_checkpoint(output_dir)
+    return None
+
+
+def mark_complete(output_dir: str, metrics: dict) -> None:
+    """Written last, after the final model: its presence means the stage finished."""
+    path = Path(output_dir) / COMPLETE_MARKER
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(metrics, indent=2, default=float))
+    os.replace(temporary, path)
+
+
+def context_length_of(model) -> int | None:
+    config = getattr(model, "config", None)
+    base = getattr(config, "base_config", None)
+    return model_context_length(base if base is not None else config)
+
+
+def train_and_save(trainer, training_args) -> dict:
+    """Train (resuming from the last checkpoint if an earlier run was interrupted), save
+    the final model and tokenizer, evaluate, and mark the stage complete."""
+    result = trainer.train(resume_from_checkpoint=last_checkpoint(training_args.output_dir))
+    trainer.save_model(training_args.output_dir)
+    metrics = dict(result.metrics)
+    if trainer.eval_dataset is not None:
+        metrics.update(trainer.evaluate())
+    trainer.log_metrics("final", metrics)
+    trainer.save_metrics("final", metrics)
+    if trainer.is_world_process_zero():
+        mark_complete(training_args.output_dir, metrics)
+    return metrics

@@ -1,0 +1,134 @@
+"""What every ICoT stage trainer shares.
+
+- Frozen models (the teacher; the emulator when fixed) are held by the trainer, in eval
+  mode with gradients off, and placed through accelerate: moved to the device, or under
+  DeepSpeed wrapped as an inference-only engine (sharded under ZeRO-3), like TRL's
+  `prepare_deepspeed`. They are never part of the saved checkpoint.
+- Stage metrics (token accuracy, per-layer MSE, ...) are accumulated per step and logged
+  with the Trainer's own loss, averaged over the logging window.
+- Optional generation-based exact match on the eval set at each evaluation.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+
+import torch
+from torch import nn
+from transformers import Trainer
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """The paper's code trains with every model in eval mode: zero all dropout."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+def prepare_frozen_model(model: nn.Module, accelerator) -> nn.Module:
+    """Freeze `model` and place it for inference next to the trained one."""
+    model.eval()
+    model.requires_grad_(False)
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return model.to(accelerator.device)
+    import deepspeed
+
+    config = copy.deepcopy(plugin.deepspeed_config)
+    stage = config.get("zero_optimization", {}).get("stage", 0)
+    if stage == 3:
+        hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+        if hidden is not None:
+            config["zero_optimization"].update(
+                {
+                    "reduce_bucket_size": hidden * hidden,
+                    "stage3_param_persistence_threshold": 10 * hidden,
+                    "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+                }
+            )
+    else:
+        # ZeRO-1/2 shard optimizer state only; a frozen model has none, so run it plainly.
+        config["zero_optimization"] = {"stage": 0}
+    for key in ("optimizer", "scheduler"):
+        config.pop(key, None)
+    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
+        if config.get(key) == "auto":
+            config[key] = 1
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    engine.eval()
+    return engine
+
+
+def token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token accuracy over labelled positions (labels are unshifted, like HF's)."""
+    predicted = logits[:, :-1].argmax(-1)
+    target = labels[:, 1:]
+    mask = target != -100
+    return (predicted[mask] == target[mask]).float().mean() if mask.any() else logits.new_zeros(())
+
+
+class ICoTTrainer(Trainer):
+    """Trainer with per-stage metric logging and loss-only prediction steps."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._stage_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        if getattr(self.args, "disable_dropout", False):
+            disable_dropout(self.model)
+
+    def record(self, **metrics: torch.Tensor | float) -> None:
+        mode = "train" if self.model.training else "eval"
+        for name, value in metrics.items():
+            self._stage_metrics[mode][name].append(float(value.detach().float().mean()) if torch.is_tensor(value) else float(value))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        for name, values in self._stage_metrics[mode].items():
+            if values:
+                logs[prefix + name] = sum(values) / len(values)
+        self._stage_metrics[mode].clear()
+        super().log(logs, start_time)
+
+    # ---------------------------------------------------------------- exact match on eval
+
+    def answer_batch(self, model, batch: dict[str, torch.Tensor]) -> list[list[int]]:
+        """Token ids of the answers `model` generates for a collated eval batch (per stage)."""
+        raise NotImplementedError
+
+    def exact_match(self, dataset, limit: int) -> float:
+        """Generate answers for the first `limit` eval examples and score them."""
+        from ..evaluation import load_exact_match
+
+        subset = dataset.select(range(min(limit, len(dataset))))
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        predictions = []
+        size = self.args.generation_batch_size
+        for start in range(0, len(subset), size):
+            rows = [subset[i] for i in range(start, min(start + size, len(subset)))]
+            batch = {k: v.to(self.args.device) for k, v in self.data_collator(rows).items()}
+            answers = self.answer_batch(model, batch)
+            predictions.extend(self.processing_class.decode(a, skip_special_tokens=True).strip() for a in answers)
+        model.train(was_training)
+        references = [subset[i]["answer"] for i in range(len(subset))]
+        return load_exact_match().compute(predictions=predictions, references=references)["exact_match"]
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if self.args.eval_exact_match_samples and dataset is not None and self.processing_class is not None:
+            if "answer" not in dataset.column_names:
+                raise ValueError("exact-match evaluation needs the 'answer' column in the eval dataset")
+            score = self.exact_match(dataset, self.args.eval_exact_match_samples)
+            metrics[f"{metric_key_prefix}_exact_match"] = score
+            self.log({f"{metric_key_prefix}_exact_match": score})
+        return metrics
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None

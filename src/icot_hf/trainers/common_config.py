@@ -1,0 +1,56 @@
+"""Fields every ICoT stage shares, on top of `transformers.TrainingArguments`.
+
+Defaults follow the paper's released code where it has one (AdamW, lr 5e-5, gradient
+clipping 1.0, dropout off) and the library's needs elsewhere (our collators read raw
+columns, so `remove_unused_columns=False`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class ICoTTrainingArguments(TrainingArguments):
+    learning_rate: float = field(default=5e-5, metadata={"help": "AdamW learning rate (paper: 5e-5)."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (paper: 1.0)."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the ICoT collators read raw view columns."})
+    logging_steps: float = field(default=50, metadata={"help": "Log every N steps."})
+    report_to: str | None = field(default="none", metadata={"help": "Integrations to report to (tensorboard, wandb, ...)."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept on disk."})
+    disable_dropout: bool = field(default=True, metadata={"help": "Zero all dropout, as the paper's code trains in eval mode."})
+    eval_exact_match_samples: int = field(
+        default=0, metadata={"help": "At each evaluation, generate answers for this many eval examples and log eval_exact_match (0: off)."}
+    )
+    generation_batch_size: int = field(default=64, metadata={"help": "Batch size of generation-based evaluation."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.eval_exact_match_samples < 0:
+            raise ValueError(f"eval_exact_match_samples must be >= 0, got {self.eval_exact_match_samples}")
+        if self.generation_batch_size < 1:
+            raise ValueError(f"generation_batch_size must be >= 1, got {self.generation_batch_size}")
+
+
+def check_delta_and_subset(delta: str, subset: str) -> str:
+    from ..teacher import PATTERNS, parse_delta
+
+    try:
+        parsed = parse_delta(delta)
+    except ValueError as error:
+        raise ValueError(f"delta: {error}. Example: --delta dynamic or --delta 2") from None
+    if subset not in PATTERNS:
+        raise ValueError(f"subset must be one of {PATTERNS} (which teacher states to distil), got {subset!r}")
+    return str(parsed)
+
+
+@dataclass
+class TeacherStatesArguments:
+    """Which teacher states a distillation stage reads (mixed into stage configs)."""
+
+    delta: str = field(default="dynamic", metadata={"help": "Diagonal step: 'dynamic' ((s2 - s1) / (L - 1)) or a positive integer."})
+    subset: str = field(
+        default="diagonal",
+        metadata={"help": "Teacher-state pattern: diagonal, first_column, last_column, top_row or bottom_row."},
+    )

@@ -1,0 +1,57 @@
+"""Explicit-CoT teacher (and no-CoT baseline): a plain causal LM trained with next-token loss
+on `input S cot S answer S` (or `input S answer S` with view="implicit")."""
+
+from __future__ import annotations
+
+from ..teacher import cut_after_separators, generation_kwargs
+from .base import ICoTTrainer, token_accuracy
+from .teacher_config import TeacherConfig
+
+
+class TeacherTrainer(ICoTTrainer):
+    """Loss on the chain of thought and the answer (labels masked up to the first separator).
+
+    Pass `separator_id` (the id of `S`) for exact-match evaluation by generation.
+    """
+
+    def __init__(self, *args, separator_id: int | None = None, **kwargs):
+        if kwargs.get("args") is not None and not isinstance(kwargs["args"], TeacherConfig):
+            raise TypeError("TeacherTrainer expects args=TeacherConfig(...)")
+        super().__init__(*args, **kwargs)
+        self.separator_id = separator_id
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        view = self.args.view
+        outputs = model(
+            input_ids=inputs[f"{view}_input_ids"],
+            attention_mask=inputs[f"{view}_attention_mask"],
+            labels=inputs[f"{view}_labels"],
+        )
+        self.record(token_accuracy=token_accuracy(outputs.logits.detach(), inputs[f"{view}_labels"]))
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def answer_batch(self, model, batch):
+        prompts, mask = implicit_prompts(batch, self.separator_id)
+        separators = 2 if self.args.view == "explicit" else 1
+        pad = self.processing_class.pad_token_id
+        generated = model.generate(
+            input_ids=prompts, attention_mask=mask,
+            **generation_kwargs(self.separator_id, self.separator_id if pad is None else pad, prompts.shape[1], separators, self.args.max_new_tokens),
+        )
+        return cut_after_separators(generated[:, prompts.shape[1] :], self.separator_id, separators)
+
+
+def implicit_prompts(batch, separator_id: int):
+    """Left-padded `input S` prompts cut from a right-padded collated batch (vectorised)."""
+    import torch
+
+    ids = batch["implicit_input_ids"] if "implicit_input_ids" in batch else batch["explicit_input_ids"]
+    separators = batch["implicit_separators"] if "implicit_separators" in batch else batch["explicit_separators"]
+    lengths = separators[:, 0] + 1
+    width = int(lengths.max())
+    shift = width - lengths  # left padding per row
+    columns = torch.arange(width, device=ids.device).unsqueeze(0) - shift.unsqueeze(1)
+    mask = (columns >= 0).long()
+    gathered = ids.gather(1, columns.clamp(min=0))
+    prompts = torch.where(mask.bool(), gathered, torch.full_like(gathered, separator_id))
+    return prompts, mask
