@@ -7,20 +7,23 @@
 #
 #   TASK=4x4_mult PRESET=cpu TEST_FILE=../shared/data/icot_original/4_by_4_mult/test_bigbench.txt \
 #       bash scripts/reproduce.sh
+#
+# Paths in the YAML configs (data, outputs) are relative to the current directory.
+# CONFIGS, OUT, RESULTS, PY, ACCELERATE and ACCELERATE_CONFIG can be overridden.
 set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
 TASK=${TASK:-4x4_mult}
 PRESET=${PRESET:-cpu}
 TEST_FILE=${TEST_FILE:-}
-PY=${PY:-.venv/bin/python}
-ACCELERATE=${ACCELERATE:-.venv/bin/accelerate}
-ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-recipes/accelerate_configs/cpu.yaml}
+PY=${PY:-$REPO/.venv/bin/python}
+ACCELERATE=${ACCELERATE:-$REPO/.venv/bin/accelerate}
+ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-$REPO/recipes/accelerate_configs/cpu.yaml}
 EXTRA_ARGS=${EXTRA_ARGS:-}
-CONFIGS=recipes/configs/$TASK
-[ "$PRESET" = cpu ] || CONFIGS=recipes/configs/$TASK/$PRESET
-OUT=outputs/$TASK
-[ "$PRESET" = cpu ] || OUT=outputs/$TASK-$PRESET
-RESULTS=results/$TASK
-[ "$PRESET" = cpu ] || RESULTS=results/$TASK-$PRESET
+SUFFIX=""
+[ "$PRESET" = cpu ] || SUFFIX="-$PRESET"
+CONFIGS=${CONFIGS:-$REPO/recipes/configs/$TASK${SUFFIX:+/$PRESET}}
+OUT=${OUT:-outputs/$TASK$SUFFIX}
+RESULTS=${RESULTS:-results/$TASK$SUFFIX}
 [ -d "$CONFIGS" ] || { echo "reproduce: no configs in $CONFIGS (TASK=$TASK PRESET=$PRESET)"; exit 2; }
 mkdir -p "$OUT" "$RESULTS" logs
 export HF_HUB_DISABLE_TELEMETRY=1
@@ -41,7 +44,7 @@ stage() {  # stage NAME RECIPE CONFIG OUTPUT_DIR [extra args]
     return
   fi
   # shellcheck disable=SC2086
-  timed "$name" "$ACCELERATE" launch --config_file "$ACCELERATE_CONFIG" "recipes/$recipe.py" \
+  timed "$name" "$ACCELERATE" launch --config_file "$ACCELERATE_CONFIG" "$REPO/recipes/$recipe.py" \
     --config "$CONFIGS/$config.yaml" --output_dir "$output" "$@" $EXTRA_ARGS
 }
 
@@ -54,7 +57,7 @@ if [ -f "$CONFIGS/data.yaml" ] && [ ! -f "$DATA/dataset_dict.json" ]; then
   excludes=()
   [ -n "$TEST_FILE" ] && [ "$script" = make_multiplication ] && excludes=(--exclude_files "$TEST_FILE")
   # shellcheck disable=SC2086
-  timed data "$PY" "dataset_scripts/$script.py" $args "${excludes[@]}" --output_dir "$DATA"
+  timed data "$PY" "$REPO/dataset_scripts/$script.py" $args "${excludes[@]}" --output_dir "$DATA"
 fi
 
 # 2. teacher and no-CoT baseline
@@ -68,7 +71,7 @@ stage coupled couple couple "$OUT/coupled" --student_name_or_path "$OUT/mind_rea
 # 5. evaluation
 tests=()
 [ -n "$TEST_FILE" ] && tests=(--test_files "$TEST_FILE")
-timed evaluate "$PY" recipes/evaluate.py --task "$TASK" --dataset_name_or_path "$DATA" --split test "${tests[@]}" \
+timed evaluate "$PY" "$REPO/recipes/evaluate.py" --task "$TASK" --dataset_name_or_path "$DATA" --split test "${tests[@]}" \
   --no_cot_model "$OUT/no_cot" --teacher_model "$OUT/teacher" --implicit_model "$OUT/coupled" \
   --output_dir "$RESULTS" ${EVAL_ARGS:-}
 echo "==> [$TASK] finished in $(( $(date +%s) - STARTED )) s; results in $RESULTS/"

@@ -6,6 +6,8 @@ from .emulator_config import ThoughtEmulationConfig
 from .emulator_trainer import ThoughtEmulationTrainer
 from .mind_reading_config import MindReadingConfig
 from .mind_reading_trainer import MindReadingTrainer
+from .stepwise_config import StepwiseInternalizationConfig
+from .stepwise_trainer import StepwiseInternalizationTrainer
 from .teacher_config import TeacherConfig
 from .teacher_trainer import TeacherTrainer
 
@@ -14,6 +16,8 @@ __all__ = [
     "CoupledTrainer",
     "MindReadingConfig",
     "MindReadingTrainer",
+    "StepwiseInternalizationConfig",
+    "StepwiseInternalizationTrainer",
     "TeacherConfig",
     "TeacherTrainer",
     "ThoughtEmulationConfig",

@@ -68,6 +68,34 @@ def token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (predicted[mask] == target[mask]).float().mean() if mask.any() else logits.new_zeros(())
 
 
+class FrozenTeacherMixin:
+    """For stages that read a frozen teacher: check its shape against the trained model's
+    config, hold it prepared for inference, and extract its states for a batch."""
+
+    def attach_teacher(self, teacher, what: str) -> None:
+        config = self.accelerator.unwrap_model(self.model).config
+        shape = (teacher.config.num_hidden_layers, teacher.config.hidden_size)
+        if shape != (config.teacher_num_layers, config.teacher_hidden_size):
+            raise ValueError(
+                f"the teacher has {shape[0]} layers of width {shape[1]} but the {what} was configured for "
+                f"{config.teacher_num_layers} x {config.teacher_hidden_size}; build the {what} with teacher_num_layers/"
+                "teacher_hidden_size (and teacher_layers) matching the teacher"
+            )
+        self.teacher = prepare_frozen_model(teacher, self.accelerator)
+
+    def teacher_states(self, inputs):
+        from ..teacher import extract_teacher_states
+
+        return extract_teacher_states(
+            self.teacher,
+            inputs["explicit_input_ids"],
+            inputs["explicit_attention_mask"],
+            inputs["explicit_separators"],
+            delta=self.args.delta,
+            pattern=self.args.subset,
+        )
+
+
 class ICoTTrainer(Trainer):
     """Trainer with per-stage metric logging and loss-only prediction steps."""
 

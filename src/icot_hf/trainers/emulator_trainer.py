@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from .base import ICoTTrainer, prepare_frozen_model
+from .base import FrozenTeacherMixin, ICoTTrainer
 from .emulator_config import ThoughtEmulationConfig
-from .mind_reading_trainer import MindReadingTrainer
 
 
-class ThoughtEmulationTrainer(ICoTTrainer):
+class ThoughtEmulationTrainer(FrozenTeacherMixin, ICoTTrainer):
     """Trains an `ImplicitCoTEmulator` with sum_l ||f_l - teacher_l||^2 / 2 (batch mean).
 
     Logs the per-layer squared error (`mse_layer_<l>`) next to the loss.
     """
-
-    teacher_states = MindReadingTrainer.teacher_states
 
     def __init__(self, *args, teacher=None, **kwargs):
         if teacher is None:
@@ -21,14 +18,7 @@ class ThoughtEmulationTrainer(ICoTTrainer):
         if kwargs.get("args") is not None and not isinstance(kwargs["args"], ThoughtEmulationConfig):
             raise TypeError("ThoughtEmulationTrainer expects args=ThoughtEmulationConfig(...)")
         super().__init__(*args, **kwargs)
-        config = self.accelerator.unwrap_model(self.model).config
-        shape = (teacher.config.num_hidden_layers, teacher.config.hidden_size)
-        if shape != (config.teacher_num_layers, config.teacher_hidden_size):
-            raise ValueError(
-                f"the teacher has {shape[0]} layers of width {shape[1]} but the emulator was configured for "
-                f"{config.teacher_num_layers} x {config.teacher_hidden_size}; match them or set teacher_layers"
-            )
-        self.teacher = prepare_frozen_model(teacher, self.accelerator)
+        self.attach_teacher(teacher, "emulator")
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from ..teacher import cut_after_separators, extract_teacher_states
-from .base import ICoTTrainer, prepare_frozen_model, token_accuracy
+from ..teacher import cut_after_separators
+from .base import FrozenTeacherMixin, ICoTTrainer, token_accuracy
 from .mind_reading_config import MindReadingConfig
 from .teacher_trainer import implicit_prompts
 
 
-class MindReadingTrainer(ICoTTrainer):
+class MindReadingTrainer(FrozenTeacherMixin, ICoTTrainer):
     """Trains an `ImplicitCoTStudent` with the answer cross-entropy on the implicit view.
 
     Each step runs the frozen `teacher` on the explicit view of the same examples and
@@ -22,26 +22,8 @@ class MindReadingTrainer(ICoTTrainer):
         if kwargs.get("args") is not None and not isinstance(kwargs["args"], MindReadingConfig):
             raise TypeError("MindReadingTrainer expects args=MindReadingConfig(...)")
         super().__init__(*args, **kwargs)
-        student_config = self.accelerator.unwrap_model(self.model).config
-        teacher_layers, teacher_width = teacher.config.num_hidden_layers, teacher.config.hidden_size
-        if (teacher_layers, teacher_width) != (student_config.teacher_num_layers, student_config.teacher_hidden_size):
-            raise ValueError(
-                f"the teacher has {teacher_layers} layers of width {teacher_width} but the student was configured for "
-                f"{student_config.teacher_num_layers} x {student_config.teacher_hidden_size}; build the student with "
-                "teacher_num_layers/teacher_hidden_size (and teacher_layers) matching the teacher"
-            )
-        self.teacher = prepare_frozen_model(teacher, self.accelerator)
+        self.attach_teacher(teacher, "student")
         self.separator_id = separator_id
-
-    def teacher_states(self, inputs):
-        return extract_teacher_states(
-            self.teacher,
-            inputs["explicit_input_ids"],
-            inputs["explicit_attention_mask"],
-            inputs["explicit_separators"],
-            delta=self.args.delta,
-            pattern=self.args.subset,
-        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(

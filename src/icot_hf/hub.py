@@ -1,0 +1,108 @@
+"""Model and dataset cards, and pushing artefacts to the Hugging Face Hub.
+
+Cards are rendered from the templates in the repository's `model_cards/` folder (method,
+task, base model, training config, results, citation, how to load). Pushing uses the real
+`huggingface_hub` API; when the Hub cannot be reached the error says so in one line and
+nothing local is touched (we only read local folders here).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TEMPLATES = Path(os.environ.get("ICOT_MODEL_CARDS", Path(__file__).resolve().parents[2] / "model_cards"))
+
+STAGES = {
+    "teacher": ("Explicit-CoT teacher", "A causal LM that writes its chain of thought (`input S cot S answer S`) before the answer.",
+                "from transformers import AutoModelForCausalLM, AutoTokenizer\nmodel = AutoModelForCausalLM.from_pretrained(\"{repo_id}\")\ntokenizer = AutoTokenizer.from_pretrained(\"{repo_id}\")"),
+    "no_cot": ("No-CoT baseline", "A causal LM trained to answer right after the question, with no chain of thought.",
+               "from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained(\"{repo_id}\")"),
+    "student": ("Mind-reading student", "A causal LM that answers from a teacher's hidden states, read at the separator of every layer.",
+                "import icot_hf  # or trust_remote_code=True without icot_hf installed\nfrom transformers import AutoModel\nstudent = AutoModel.from_pretrained(\"{repo_id}\")"),
+    "emulator": ("Thought emulator", "Predicts a CoT teacher's per-layer hidden states from the question alone.",
+                 "import icot_hf  # or trust_remote_code=True without icot_hf installed\nfrom transformers import AutoModel\nemulator = AutoModel.from_pretrained(\"{repo_id}\")"),
+    "implicit": ("Implicit-CoT model (emulator + student)", "Answers multi-step problems with no chain of thought: the emulator predicts the teacher's states, the student answers from them.",
+                 "import icot_hf  # or trust_remote_code=True without icot_hf installed\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\nmodel = AutoModelForCausalLM.from_pretrained(\"{repo_id}\")\ntokenizer = AutoTokenizer.from_pretrained(\"{repo_id}\")\nprint(model.answer([\"1 2 3 4 * 5 6 7 8\"], tokenizer))"),
+}
+
+
+class HubUnavailableError(RuntimeError):
+    """The Hub could not be reached; local artefacts are untouched."""
+
+
+def _template(name: str) -> str:
+    path = TEMPLATES / name
+    if not path.exists():
+        raise FileNotFoundError(f"model card template {path} not found; set ICOT_MODEL_CARDS to the model_cards/ folder")
+    return path.read_text(encoding="utf-8")
+
+
+def results_markdown(metrics: dict | None) -> str:
+    if not metrics:
+        return "Not measured yet."
+    rows = ["| metric | value |", "|---|---|"]
+    for key, value in sorted(metrics.items()):
+        rows.append(f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |")
+    return "\n".join(rows)
+
+
+def render_model_card(stage: str, repo_id: str, task: str, base_model: str | None = None, dataset: str | None = None,
+                      training_summary: str = "", metrics: dict | None = None) -> str:
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {sorted(STAGES)}, got {stage!r}")
+    title, description, usage = STAGES[stage]
+    return _template("model.md").format(
+        title=f"{title}: {task}",
+        description=description,
+        stage=stage,
+        stage_tag=f"icot-{stage}",
+        task=task,
+        base_model=base_model or "trained from scratch",
+        base_model_line=f"base_model: {base_model}\n" if base_model and "/" in base_model and not os.path.exists(base_model) else "",
+        dataset=dataset or "custom",
+        training_summary=training_summary or "see training_args.bin",
+        results=results_markdown(metrics),
+        usage=usage.format(repo_id=repo_id),
+    )
+
+
+def render_dataset_card(repo_id: str, task: str, splits: dict[str, int], description: str = "") -> str:
+    return _template("dataset.md").format(
+        title=f"ICoT {task}", task=task, repo_id=repo_id, description=description,
+        splits=", ".join(f"{name}: {size:,}" for name, size in splits.items()),
+    )
+
+
+def _push(action, repo_id: str, local: str | None = None):
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    try:
+        return action()
+    except (OfflineModeIsEnabled, ConnectionError, OSError, HfHubHTTPError) as error:
+        kept = f"; the local copy at {local} is intact" if local else ""
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise HubUnavailableError(f"could not push to the Hub repo {repo_id}: {reason}{kept}") from None
+
+
+def push_folder(folder: str, repo_id: str, stage: str, task: str, **card_kwargs) -> str:
+    """Write the model card into `folder` (README.md) and upload the folder."""
+    from huggingface_hub import HfApi
+
+    card = render_model_card(stage, repo_id, task, **card_kwargs)
+    Path(folder, "README.md").write_text(card, encoding="utf-8")
+    api = HfApi()
+
+    def upload():
+        api.create_repo(repo_id, exist_ok=True)
+        return api.upload_folder(repo_id=repo_id, folder_path=folder, ignore_patterns=["checkpoint-*", "*.tmp"])
+
+    return _push(upload, repo_id, folder)
+
+
+def push_dataset(dataset, repo_id: str, task: str, description: str = "") -> None:
+    from huggingface_hub import DatasetCard
+
+    card = DatasetCard(render_dataset_card(repo_id, task, {k: len(v) for k, v in dataset.items()}, description))
+    _push(lambda: dataset.push_to_hub(repo_id), repo_id)
+    _push(lambda: card.push_to_hub(repo_id, repo_type="dataset"), repo_id)

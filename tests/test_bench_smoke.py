@@ -1,0 +1,17 @@
+"""`make bench` in its tiny smoke mode, so the benchmark cannot rot (no timing assertions)."""
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_bench_smoke(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), "--smoke", "--output_dir", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert set(data["training"]) == {"teacher", "mind_reading", "emulator", "coupled"}
+    assert {"no_cot", "explicit_cot", "implicit_cot", "ratios"} <= set(next(iter(data["inference"].values())))
+    assert "hook_overhead_fraction" in data["overheads"] and set(data["scaling"]) == {"2", "3"}
+    assert "| implicit_cot | 1 |" in (tmp_path / "bench.md").read_text()

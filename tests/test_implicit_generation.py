@@ -1,0 +1,69 @@
+"""ImplicitCoTForCausalLM generation: batched equals one row at a time, stops at the answer."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import multiplication_dataset, tiny_config
+from icot_hf import ImplicitCoTEmulator, ImplicitCoTForCausalLM, ImplicitCoTStudent
+from icot_hf.data import ICoTCollator, prompt_batch, tokenize_dataset
+from icot_hf.trainers import CoupledConfig, CoupledTrainer
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def trained(request, tokenizer, tmp_path_factory):
+    """A tiny coupled model trained briefly on 2x2 and 3x3 problems, so it emits separators."""
+    torch.manual_seed(0)
+    config = tiny_config(request.param, tokenizer)
+    model = ImplicitCoTForCausalLM.from_emulator_and_student(
+        ImplicitCoTEmulator.from_base_model(AutoModelForCausalLM.from_config(config)),
+        ImplicitCoTStudent.from_base_model(AutoModelForCausalLM.from_config(config)),
+        tokenizer.eos_token_id, tokenizer.pad_token_id, max_answer_tokens=12,
+    )
+    rows = multiplication_dataset(2, 300, seed=5).to_list() + multiplication_dataset(3, 300, seed=6).to_list()
+    from datasets import Dataset
+
+    data = tokenize_dataset(Dataset.from_list(rows).shuffle(seed=0), tokenizer, views=("implicit",))
+    args = CoupledConfig(output_dir=str(tmp_path_factory.mktemp("coupled")), max_steps=120, per_device_train_batch_size=32, learning_rate=5e-3,
+                         save_strategy="no", report_to="none", use_cpu=True, logging_steps=50)
+    CoupledTrainer(model=model, args=args, data_collator=ICoTCollator(tokenizer.pad_token_id, views=("implicit",)), train_dataset=data).train()
+    return model.eval()
+
+
+QUESTIONS = ["1 2 * 3 4", "5 6 7 * 8 9 1", "9 9 * 9 9", "4 0 2 * 1 1 3", "3 1 * 2 7"]
+
+
+def test_batched_equals_one_at_a_time(trained, tokenizer):
+    batched = trained.answer(QUESTIONS, tokenizer, batch_size=len(QUESTIONS))
+    single = [trained.answer([q], tokenizer)[0] for q in QUESTIONS]
+    assert batched == single
+    assert all(answer.replace(" ", "").isdigit() for answer in batched)  # it learned the answer format
+
+
+def test_generation_stops_at_answer_end(trained, tokenizer):
+    sep, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    batch = prompt_batch(tokenizer, QUESTIONS, sep, pad)
+    output = trained.generate(**batch, max_new_tokens=30)
+    generated = output[:, batch["input_ids"].shape[1] :]
+    assert generated.shape[1] < 30  # every row finished before the budget
+    for row in generated.tolist():
+        assert sep in row
+        assert all(token == pad for token in row[row.index(sep) + 1 :])  # nothing after the answer's end
+
+
+def test_beam_search_runs_and_agrees_on_confident_rows(trained, tokenizer):
+    greedy = trained.answer(QUESTIONS, tokenizer)
+    beams = trained.answer(QUESTIONS, tokenizer, num_beams=3)
+    assert len(beams) == len(QUESTIONS) and all(isinstance(b, str) and b for b in beams)
+    assert sum(g == b for g, b in zip(greedy, beams)) >= 1
+
+
+def test_generate_matches_full_forward(trained, tokenizer):
+    """Greedy tokens from cached generation equal the argmax of one full forward pass
+    over the final sequence (emulator states substituted once, at the separator)."""
+    sep, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    batch = prompt_batch(tokenizer, QUESTIONS[:1], sep, pad)
+    output = trained.generate(**batch, max_new_tokens=12)
+    prompt_length = batch["input_ids"].shape[1]
+    logits = trained(output, separator_positions=torch.tensor([prompt_length - 1])).logits
+    assert torch.equal(logits[0, prompt_length - 1 : -1].argmax(-1), output[0, prompt_length:])
