@@ -71,7 +71,7 @@ stage coupled couple couple "$OUT/coupled" --student_name_or_path "$OUT/mind_rea
 # 5. evaluation
 tests=()
 [ -n "$TEST_FILE" ] && tests=(--test_files "$TEST_FILE")
-timed evaluate "$PY" "$REPO/recipes/evaluate.py" --task "$TASK" --dataset_name_or_path "$DATA" --split test "${tests[@]}" \
+timed evaluate "$PY" "$REPO/recipes/evaluate_models.py" --task "$TASK" --dataset_name_or_path "$DATA" --split test "${tests[@]}" \
   --no_cot_model "$OUT/no_cot" --teacher_model "$OUT/teacher" --implicit_model "$OUT/coupled" \
   --output_dir "$RESULTS" ${EVAL_ARGS:-}
 echo "==> [$TASK] finished in $(( $(date +%s) - STARTED )) s; results in $RESULTS/"

@@ -9,6 +9,7 @@ forward pre-hooks (`hooks.py`); nothing in the base model's code is forked.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,10 @@ from transformers.utils import ModelOutput
 
 from .configuration_icot import ImplicitCoTConfig, ImplicitCoTEmulatorConfig, ImplicitCoTStudentConfig
 from .hooks import edit_layer_inputs, gather_rows, substitute_rows, substitute_states
+
+
+LORA_ADAPTER_DIR = "lora_adapter"
+NON_BASE_WEIGHTS = "icot_modules.safetensors"
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -79,6 +84,69 @@ class ImplicitCoTPreTrainedModel(PreTrainedModel):
                 "set teacher_layers in its config to map teacher layers onto its own"
             )
         return states
+
+    # ------------------------------------------------------------------ LoRA (peft)
+
+    @property
+    def has_lora(self) -> bool:
+        return hasattr(self.lm, "peft_config")
+
+    def add_lora(self, lora_config) -> "ImplicitCoTPreTrainedModel":
+        """Wrap the base LM with LoRA adapters. Only the base LM is adapted (and frozen apart
+        from its adapters); the state MLPs, mixture table and recurrent cell stay fully trainable."""
+        from peft import get_peft_model
+
+        self.lm = get_peft_model(self.lm, lora_config)
+        return self
+
+    def merge_lora(self) -> "ImplicitCoTPreTrainedModel":
+        """Fold the adapters into the base weights: a plain model again (saves and loads as usual)."""
+        if self.has_lora:
+            self.lm = self.lm.merge_and_unload()
+        return self
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """With LoRA: the adapter (`lora_adapter/`), the non-base weights and the config; the
+        base weights are not copied (they are the adapter's `base_model_name_or_path`)."""
+        if not self.has_lora:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        from safetensors.torch import save_file
+
+        os.makedirs(save_directory, exist_ok=True)
+        self.lm.save_pretrained(os.path.join(save_directory, LORA_ADAPTER_DIR))
+        rest = {k: v.detach().contiguous() for k, v in self.state_dict().items() if not k.startswith("lm.")}
+        save_file(rest, os.path.join(save_directory, NON_BASE_WEIGHTS), metadata={"format": "pt"})
+        self.config.save_pretrained(save_directory)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        path = str(pretrained_model_name_or_path)
+        if os.path.isfile(os.path.join(path, LORA_ADAPTER_DIR, "adapter_config.json")):
+            return cls.from_lora_checkpoint(path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    @classmethod
+    def from_lora_checkpoint(cls, path: str, base_model: str | None = None):
+        """Load a folder written by `save_pretrained` of a LoRA-wrapped model: base LM from
+        `base_model` (default: the adapter's recorded base), adapter, then the other weights."""
+        import json
+
+        from peft import PeftModel
+        from safetensors.torch import load_file
+
+        config = cls.config_class.from_pretrained(path)
+        adapter_dir = os.path.join(path, LORA_ADAPTER_DIR)
+        with open(os.path.join(adapter_dir, "adapter_config.json"), encoding="utf-8") as handle:
+            base = base_model or json.load(handle).get("base_model_name_or_path")
+        if not base:
+            raise ValueError(f"{adapter_dir}: the adapter records no base model; pass base_model= (the LM it was trained on)")
+        model = cls(config)
+        model.lm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter_dir)
+        missing, unexpected = model.load_state_dict(load_file(os.path.join(path, NON_BASE_WEIGHTS)), strict=False)
+        stray = [k for k in missing if not k.startswith("lm.")]
+        if stray or unexpected:
+            raise ValueError(f"{path}: weights do not match the model (missing {stray[:3]}, unexpected {unexpected[:3]})")
+        return model
 
     @classmethod
     def from_base_model(cls, lm: PreTrainedModel, **config_kwargs):
@@ -248,6 +316,9 @@ class ImplicitCoTForCausalLM(PreTrainedModel):
 
     def __init__(self, config: ImplicitCoTConfig, emulator: ImplicitCoTEmulator | None = None, student: ImplicitCoTStudent | None = None):
         super().__init__(config)
+        for part in (emulator, student):  # given parts are trained: post_init must not re-initialise any of them
+            for module in part.modules() if part is not None else ():
+                module._is_hf_initialized = True
         self.emulator = emulator if emulator is not None else ImplicitCoTEmulator(config.emulator)
         self.student = student if student is not None else ImplicitCoTStudent(config.student)
         # One source of truth: the composite's config nests the parts' live configs.
@@ -270,6 +341,31 @@ class ImplicitCoTForCausalLM(PreTrainedModel):
 
     def get_input_embeddings(self):
         return self.student.get_input_embeddings()
+
+    def merge_lora(self) -> "ImplicitCoTForCausalLM":
+        """Fold both parts' LoRA adapters into their base weights."""
+        self.emulator.merge_lora()
+        self.student.merge_lora()
+        return self
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """With LoRA in either part, each part is saved in its own subfolder (adapter + non-base
+        weights); otherwise one ordinary checkpoint."""
+        if not (self.emulator.has_lora or self.student.has_lora):
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        os.makedirs(save_directory, exist_ok=True)
+        self.emulator.save_pretrained(os.path.join(save_directory, "emulator"))
+        self.student.save_pretrained(os.path.join(save_directory, "student"))
+        self.config.save_pretrained(save_directory)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        path = str(pretrained_model_name_or_path)
+        parts = [os.path.join(path, name) for name in ("emulator", "student")]
+        if all(os.path.isdir(p) for p in parts) and not os.path.isfile(os.path.join(path, "model.safetensors")):
+            config = cls.config_class.from_pretrained(path)
+            return cls(config, emulator=ImplicitCoTEmulator.from_pretrained(parts[0]), student=ImplicitCoTStudent.from_pretrained(parts[1]))
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def _states_are_mapped(self) -> bool:
         return self.config.emulator.teacher_layers == self.config.student.teacher_layers

@@ -60,6 +60,24 @@ def prepare_frozen_model(model: nn.Module, accelerator) -> nn.Module:
     return engine
 
 
+def apply_lora(model: nn.Module, lora_config) -> nn.Module:
+    """LoRA on the base causal LM(s): a plain LM is wrapped by peft; the student and emulator
+    adapt their `lm` and keep their own modules fully trainable; the composite adapts both."""
+    if hasattr(model, "emulator") and hasattr(model, "student"):
+        if not model.emulator.has_lora:
+            model.emulator.add_lora(copy.deepcopy(lora_config))
+        if not model.student.has_lora:
+            model.student.add_lora(copy.deepcopy(lora_config))
+        return model
+    if hasattr(model, "add_lora"):
+        return model if model.has_lora else model.add_lora(lora_config)
+    if hasattr(model, "peft_config"):
+        return model
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config)
+
+
 def token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token accuracy over labelled positions (labels are unshifted, like HF's)."""
     predicted = logits[:, :-1].argmax(-1)
@@ -100,6 +118,9 @@ class ICoTTrainer(Trainer):
     """Trainer with per-stage metric logging and loss-only prediction steps."""
 
     def __init__(self, *args, **kwargs):
+        args_ = kwargs.get("args")
+        if args_ is not None and getattr(args_, "use_peft", False) and kwargs.get("model") is not None:
+            kwargs["model"] = apply_lora(kwargs["model"], args_.lora_config())
         super().__init__(*args, **kwargs)
         self._stage_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         if getattr(self.args, "disable_dropout", False):

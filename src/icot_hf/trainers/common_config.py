@@ -24,6 +24,11 @@ class ICoTTrainingArguments(TrainingArguments):
         default=0, metadata={"help": "At each evaluation, generate answers for this many eval examples and log eval_exact_match (0: off)."}
     )
     generation_batch_size: int = field(default=64, metadata={"help": "Batch size of generation-based evaluation."})
+    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters on the base causal LM(s) instead of all their weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str = field(default="all-linear", metadata={"help": "Modules to adapt: 'all-linear' or comma-separated names."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -31,6 +36,18 @@ class ICoTTrainingArguments(TrainingArguments):
             raise ValueError(f"eval_exact_match_samples must be >= 0, got {self.eval_exact_match_samples}")
         if self.generation_batch_size < 1:
             raise ValueError(f"generation_batch_size must be >= 1, got {self.generation_batch_size}")
+        if self.use_peft and self.lora_r < 1:
+            raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
+
+    def lora_config(self):
+        """The peft LoraConfig these fields describe (None when use_peft is off)."""
+        if not self.use_peft:
+            return None
+        from peft import LoraConfig
+
+        targets = self.lora_target_modules
+        targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+        return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout, target_modules=targets, task_type="CAUSAL_LM")
 
 
 def check_delta_and_subset(delta: str, subset: str) -> str:

@@ -1,6 +1,6 @@
 """Evaluate no-CoT, explicit-CoT and implicit-CoT models: exact match and examples/s.
 
-    python recipes/evaluate.py --task 4x4_mult --dataset_name_or_path data/4x4_mult \
+    python recipes/evaluate_models.py --task 4x4_mult --dataset_name_or_path data/4x4_mult \
         --no_cot_model outputs/4x4_mult/no_cot --teacher_model outputs/4x4_mult/teacher \
         --implicit_model outputs/4x4_mult/coupled \
         --test_files ../shared/data/icot_original/4_by_4_mult/test_bigbench.txt \
