@@ -60,6 +60,16 @@ if [ -f "$CONFIGS/data.yaml" ] && [ ! -f "$DATA/dataset_dict.json" ]; then
   timed data "$PY" "$REPO/dataset_scripts/$script.py" $args "${excludes[@]}" --output_dir "$DATA"
 fi
 
+# 1b. tokenizer, for tasks that train one (tokenizer.yaml)
+if [ -f "$CONFIGS/tokenizer.yaml" ]; then
+  TOKENIZER=$($PY -c "import sys,yaml; print(yaml.safe_load(open(sys.argv[1]))['output_dir'])" "$CONFIGS/tokenizer.yaml")
+  if [ ! -f "$TOKENIZER/tokenizer.json" ]; then
+    args=$($PY -c "import sys,yaml; d=yaml.safe_load(open(sys.argv[1])); print(' '.join(f'--{k} {v}' for k,v in d.items()))" "$CONFIGS/tokenizer.yaml")
+    # shellcheck disable=SC2086
+    timed tokenizer "$PY" "$REPO/dataset_scripts/train_tokenizer.py" $args
+  fi
+fi
+
 # 2. teacher and no-CoT baseline
 stage teacher teacher teacher "$OUT/teacher"
 stage no_cot teacher no_cot "$OUT/no_cot"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,11 +157,29 @@ def collator_for(tokenizer, views):
     return ICoTCollator(pad, views=views)
 
 
+def checkpoint_is_complete(path: Path) -> bool:
+    """The Trainer writes trainer_state.json last: a checkpoint without a readable one (with
+    the step its folder is named after) was cut off mid-save."""
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return str(state.get("global_step")) == path.name.split("-")[-1]
+
+
 def last_checkpoint(output_dir: str) -> str | None:
-    """The checkpoint to resume from, if an earlier run of this stage was interrupted."""
-    if os.path.isdir(output_dir):
-        return get_last_checkpoint(output_dir)
-    return None
+    """The newest complete checkpoint to resume from, if an earlier run was interrupted.
+    Checkpoints cut off mid-save are renamed `incomplete-checkpoint-N` (kept, never resumed)."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return None
+    for path in sorted(root.glob("checkpoint-*")):
+        if path.is_dir() and not checkpoint_is_complete(path):
+            target = path.with_name(f"incomplete-{path.name}")
+            logger.warning("%s was cut off mid-save; moved to %s and resuming from an earlier checkpoint", path, target)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(path, target)
+    return get_last_checkpoint(str(root))
 
 
 def mark_complete(output_dir: str, metrics: dict) -> None:

@@ -12,11 +12,14 @@
 from __future__ import annotations
 
 import copy
+import logging
 from collections import defaultdict
 
 import torch
 from torch import nn
 from transformers import Trainer
+
+logger = logging.getLogger(__name__)
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -57,6 +60,7 @@ def prepare_frozen_model(model: nn.Module, accelerator) -> nn.Module:
             config[key] = 1
     engine, *_ = deepspeed.initialize(model=model, config=config)
     engine.eval()
+    logger.info("frozen %s prepared as a DeepSpeed ZeRO-%d inference engine", type(model).__name__, config["zero_optimization"]["stage"])
     return engine
 
 

@@ -1,0 +1,40 @@
+"""Train a byte-level BPE tokenizer on an ICoT dataset's training split (for tasks with
+words, like GSM8K, when not starting from a pretrained model's own tokenizer).
+
+    python dataset_scripts/train_tokenizer.py --dataset data/gsm8k --vocab_size 4096 --output_dir data/gsm8k_tokenizer
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from icot_hf.data import load_icot_dataset  # noqa: E402
+from icot_hf.tokenization import EOS_TOKEN  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--vocab_size", type=int, default=4096)
+    parser.add_argument("--output_dir", required=True)
+    args = parser.parse_args(argv)
+    data = load_icot_dataset(args.dataset, split=args.split)
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=args.vocab_size, special_tokens=[EOS_TOKEN], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    texts = (f" {row['input']} {row['cot']} {row['answer']}" for row in data)
+    backend.train_from_iterator(texts, trainer, length=len(data))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN, model_max_length=1024)
+    tokenizer.save_pretrained(args.output_dir)
+    print(f"saved a {len(tokenizer)}-token BPE tokenizer to {args.output_dir}")
+
+
+if __name__ == "__main__":
+    main()
