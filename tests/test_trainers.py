@@ -113,3 +113,21 @@ def test_coupled_trainer_loss_falls(tmp_path, tokenizer, tiny_data, fix_emulator
 def test_config_validation_names_the_field(tmp_path, config_class, kwargs, message):
     with pytest.raises(ValueError, match=message):
         config_class(output_dir=str(tmp_path), **kwargs)
+
+
+def test_report_to_tensorboard_logs_stage_metrics(tmp_path, tokenizer, tiny_data, teacher, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    emulator = ImplicitCoTEmulator.from_base_model(AutoModelForCausalLM.from_config(tiny_config("gpt2", tokenizer)))
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    args = ThoughtEmulationConfig(output_dir=str(tmp_path), **dict(COMMON, max_steps=10, report_to="tensorboard"))
+    ThoughtEmulationTrainer(model=emulator, teacher=teacher, args=args, data_collator=ICoTCollator(tokenizer.pad_token_id), train_dataset=tiny_data).train()
+    event_files = list(tmp_path.rglob("events.out.tfevents*"))
+    assert event_files
+    tags = set()
+    for path in event_files:
+        accumulator = EventAccumulator(str(path))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    assert {"train/loss", "train/mse_layer_0", "train/mse_layer_2"} <= tags
