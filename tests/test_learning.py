@@ -21,5 +21,4 @@ def test_teacher_learns_2x2_multiplication(tmp_path, tokenizer):
                          lr_scheduler_type="cosine", logging_steps=100, save_strategy="no", report_to="none", use_cpu=True, seed=0)
     TeacherTrainer(model=model, args=args, data_collator=ICoTCollator(tokenizer.pad_token_id), train_dataset=tokenize_dataset(train, tokenizer)).train()
     result = evaluate_answerer(ExplicitCoTAnswerer(model, tokenizer, max_new_tokens=40), held_out["input"], held_out["answer"], batch_size=100)
-    print(result["accuracy"])
     assert result["accuracy"] >= 0.9, result["predictions"][:5]
