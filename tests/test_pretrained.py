@@ -60,7 +60,14 @@ def smollm2():
         tokenizer.pad_token = tokenizer.eos_token
 
     def load():
-        return AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+        """The GGUF weights dequantised into an ordinary (trainable) Llama model."""
+        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+        config = gguf_model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config)
+        model.load_state_dict(gguf_model.state_dict())
+        return model
 
     return load, tokenizer
 
