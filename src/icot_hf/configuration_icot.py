@@ -112,8 +112,6 @@ class ImplicitCoTConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        emulator_layers = len(self.emulator.teacher_layers or range(self.emulator.base_config.num_hidden_layers))
-        student_layers = len(self.student.teacher_layers or range(self.student.base_config.num_hidden_layers))
         if self.emulator.teacher_num_layers != self.student.teacher_num_layers:
             raise ValueError(
                 f"the emulator predicts {self.emulator.teacher_num_layers} teacher layers but the student reads "
@@ -124,7 +122,6 @@ class ImplicitCoTConfig(PreTrainedConfig):
                 f"emulator states have width {self.emulator.teacher_hidden_size} but the student's MLPs expect "
                 f"{self.student.teacher_hidden_size}"
             )
-        del emulator_layers, student_layers
 
     @property
     def num_hidden_layers(self) -> int:

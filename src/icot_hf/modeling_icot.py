@@ -370,9 +370,6 @@ class ImplicitCoTForCausalLM(PreTrainedModel):
     def _states_are_mapped(self) -> bool:
         return self.config.emulator.teacher_layers == self.config.student.teacher_layers
 
-    def _student_states(self, predicted: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        return predicted, self._states_are_mapped()
-
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -384,10 +381,9 @@ class ImplicitCoTForCausalLM(PreTrainedModel):
     ) -> CausalLMOutputWithPast:
         """Implicit view `input S answer S` in; answer cross-entropy out."""
         emulated = self.emulator(input_ids, attention_mask, separator_positions, softmax_temperature=softmax_temperature)
-        states, mapped = self._student_states(emulated.predicted_states)
         return self.student(
-            input_ids, states, attention_mask=attention_mask, separator_positions=separator_positions,
-            labels=labels, states_are_mapped=mapped, **kwargs,
+            input_ids, emulated.predicted_states, attention_mask=attention_mask, separator_positions=separator_positions,
+            labels=labels, states_are_mapped=self._states_are_mapped(), **kwargs,
         )
 
     @torch.no_grad()
@@ -396,7 +392,6 @@ class ImplicitCoTForCausalLM(PreTrainedModel):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         emulated = self.emulator(input_ids, attention_mask, last_positions(input_ids))
-        states, mapped = self._student_states(emulated.predicted_states)
         separator = self.config.separator_token_id
         settings = dict(
             max_new_tokens=max_new_tokens or self.config.max_answer_tokens,
@@ -406,7 +401,9 @@ class ImplicitCoTForCausalLM(PreTrainedModel):
             pad_token_id=self.config.pad_token_id if self.config.pad_token_id is not None else separator,
         )
         settings.update(generate_kwargs)
-        return self.student.generate(input_ids, states, attention_mask=attention_mask, states_are_mapped=mapped, **settings)
+        return self.student.generate(
+            input_ids, emulated.predicted_states, attention_mask=attention_mask, states_are_mapped=self._states_are_mapped(), **settings
+        )
 
     @torch.no_grad()
     def answer(self, questions: list[str], tokenizer, batch_size: int = 64, num_beams: int = 1) -> list[str]:
