@@ -3,6 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TASK ?= 4x4_mult
 PRESET ?= cpu
+METHODS ?= kd
 TEST_FILE ?= $(firstword $(wildcard ../shared/data/icot_original/4_by_4_mult/test_bigbench.txt))
 export HF_HUB_DISABLE_TELEMETRY := 1
 
@@ -17,9 +18,9 @@ install: $(VENV)/.installed
 install-deepspeed: install
 	EXTRAS=dev,deepspeed bash scripts/install.sh
 
-## Whole pipeline on the CPU preset (TASK=4x4_mult; PRESET=paper on a GPU); results in results/$(TASK)/
+## Whole pipeline on the CPU preset (TASK=4x4_mult; PRESET=paper on a GPU; METHODS="kd stepwise"); results in results/$(TASK)/
 reproduce: install
-	TASK=$(TASK) PRESET=$(PRESET) TEST_FILE=$(TEST_FILE) bash scripts/reproduce.sh
+	TASK=$(TASK) PRESET=$(PRESET) METHODS="$(METHODS)" TEST_FILE=$(TEST_FILE) bash scripts/reproduce.sh
 
 ## Unit tests and small learning checks (offline)
 test: install
@@ -28,9 +29,14 @@ test: install
 test-fast: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" tests
 
-## Speed benchmarks (results/bench.json + results/bench.md)
+## Speed benchmarks on the trained 4x4 (and 5x5, when trained) models: results/bench.json + .md
+BENCH_TASKS ?= $(foreach t,4x4 5x5,$(if $(wildcard outputs/$(t)_mult/coupled/training_complete.json),$(t)))
+BENCH_FILES = $(foreach t,$(BENCH_TASKS),$(wildcard ../shared/data/icot_original/$(subst x,_by_,$(t))_mult/test_bigbench.txt))
 bench: install
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench.py --output_dir results
+	@[ -n "$(BENCH_TASKS)" ] || { echo "make bench: no trained models in outputs/4x4_mult (run make reproduce first)"; exit 2; }
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench.py --output_dir results \
+		--task_dirs $(foreach t,$(BENCH_TASKS),outputs/$(t)_mult) \
+		$(if $(filter $(words $(BENCH_FILES)),$(words $(BENCH_TASKS))),--test_files $(BENCH_FILES))
 
 clean:
 	rm -rf outputs results/*/stage_seconds.txt logs

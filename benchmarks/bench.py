@@ -1,11 +1,14 @@
-"""Speed benchmarks: inference (no CoT, explicit CoT, implicit CoT) at batch 1 and 64,
-each stage's training step, and the overheads inside the implicit path.
+"""Speed benchmarks: inference (no CoT, explicit CoT, implicit CoT and, when trained,
+stepwise ICoT-SI) at batch 1 and 64 per task, each stage's training step with its peak
+memory, scaling with the number of digits, and the overheads inside the implicit path.
 
-    python benchmarks/bench.py --task_dir outputs/4x4_mult --test_file <4x4 test.txt> --output_dir results
+    python benchmarks/bench.py --task_dirs outputs/4x4_mult outputs/5x5_mult \
+        --test_files <4x4 test.txt> <5x5 test.txt> --output_dir results
     python benchmarks/bench.py --smoke --output_dir /tmp/bench   # tiny random models (CI)
 
-Warm-up excluded, several repeats, median reported. Writes bench.json and bench.md.
-Check `uptime` first: timings are only comparable on an otherwise idle machine.
+Warm-up excluded, several repeats, median reported. Writes bench.json and bench.md, with
+the bars of the benchmark issue marked met or missed. Training, overheads and scaling use
+the first task. Check `uptime` first: timings are only comparable on an idle machine.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def load_models(args):
+def load_models(args, task_dir: str | None):
     if args.smoke:
         tokenizer = build_digit_tokenizer()
         config = GPT2Config(vocab_size=len(tokenizer), n_layer=2, n_embd=32, n_head=2, n_positions=256, eos_token_id=1, bos_token_id=1, pad_token_id=0)
@@ -47,18 +50,21 @@ def load_models(args):
             ImplicitCoTEmulator.from_base_model(make()), ImplicitCoTStudent.from_base_model(make()), 1, 0, max_answer_tokens=12
         ).eval()
         return tokenizer, {"no_cot": make(), "explicit_cot": make(), "implicit_cot": implicit}
-    root = Path(args.task_dir)
+    root = Path(task_dir)
     tokenizer = AutoTokenizer.from_pretrained(root / "teacher")
-    return tokenizer, {
+    models = {
         "no_cot": AutoModelForCausalLM.from_pretrained(root / "no_cot").eval(),
         "explicit_cot": AutoModelForCausalLM.from_pretrained(root / "teacher").eval(),
         "implicit_cot": ImplicitCoTForCausalLM.from_pretrained(root / "coupled").eval(),
     }
+    if (root / "stepwise" / "training_complete.json").exists():
+        models["stepwise_cot"] = AutoModelForCausalLM.from_pretrained(root / "stepwise").eval()
+    return tokenizer, models
 
 
-def questions_for(args, digits: int) -> list[dict]:
-    if args.test_file and not args.smoke:
-        return read_icot_text(args.test_file)
+def questions_for(args, test_file: str | None, digits: int) -> list[dict]:
+    if test_file and not args.smoke:
+        return read_icot_text(test_file)
     return [format_problem(a, b, digits) for a, b in sample_problems(digits, 128, seed=0)]
 
 
@@ -68,21 +74,32 @@ def bench_inference(tokenizer, models, rows, args) -> dict:
         "explicit_cot": ExplicitCoTAnswerer(models["explicit_cot"], tokenizer, max_new_tokens=200),
         "implicit_cot": ImplicitCoTAnswerer(models["implicit_cot"], tokenizer),
     }
+    if "stepwise_cot" in models:  # `input S S answer S`: the explicit answerer with an empty CoT
+        answerers["stepwise_cot"] = ExplicitCoTAnswerer(models["stepwise_cot"], tokenizer, max_new_tokens=40)
     questions = [r["input"] for r in rows]
     out = {}
     for name, answer in answerers.items():
-        out[name] = {}
+        out[name] = {"answer_tokens_per_example": _mean_answer_tokens(answer(questions[: max(args.batch_sizes)]))}
         for batch_size in args.batch_sizes:
             batches = [questions[i : i + batch_size] for i in range(0, len(questions), batch_size)][: args.batches]
             seconds = [median_seconds(lambda b=b: answer(b), args.repeats) for b in batches]
             per_batch = statistics.median(seconds)
             out[name][str(batch_size)] = {"examples_per_second": batch_size / per_batch, "latency_ms": 1000 * per_batch}
+    speed = lambda name, b: out[name][b]["examples_per_second"]  # noqa: E731
     for b in map(str, args.batch_sizes):
-        out.setdefault("ratios", {})[b] = {
-            "implicit_over_no_cot": out["implicit_cot"][b]["examples_per_second"] / out["no_cot"][b]["examples_per_second"],
-            "implicit_over_explicit": out["implicit_cot"][b]["examples_per_second"] / out["explicit_cot"][b]["examples_per_second"],
+        ratios = out.setdefault("ratios", {})[b] = {
+            "implicit_over_no_cot": speed("implicit_cot", b) / speed("no_cot", b),
+            "implicit_over_explicit": speed("implicit_cot", b) / speed("explicit_cot", b),
         }
+        if "stepwise_cot" in out:
+            ratios.update(stepwise_over_no_cot=speed("stepwise_cot", b) / speed("no_cot", b), stepwise_over_explicit=speed("stepwise_cot", b) / speed("explicit_cot", b))
     return out
+
+
+def _mean_answer_tokens(answers: list[str]) -> float:
+    """Tokens in the answers (digit tokens here): a model that does not stop at its end of
+    answer runs its batch to the generation budget, which shows here and in examples/s."""
+    return statistics.mean(len(a.split()) for a in answers) if answers else 0.0
 
 
 def bench_overheads(tokenizer, models, rows, args) -> dict:
@@ -148,15 +165,35 @@ def bench_training(tokenizer, models, rows, args) -> dict:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
+        reset_peak_memory()
         seconds = median_seconds(step, args.repeats)
-        out[name] = {"samples_per_second": args.train_batch_size / seconds, "step_ms": 1000 * seconds}
-        try:
-            import resource
-
-            out[name]["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        except ImportError:
-            pass
+        out[name] = {"samples_per_second": args.train_batch_size / seconds, "step_ms": 1000 * seconds, "peak_memory_mb": peak_memory_mb()}
+        del optimizer
     return out
+
+
+def reset_peak_memory() -> None:
+    """Start a new peak: CUDA's allocator stats on a GPU; on Linux CPUs the process's
+    high-water RSS mark (writing 5 to /proc/self/clear_refs resets VmHWM)."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb() -> float | None:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def bench_scaling(args) -> dict:
@@ -175,39 +212,75 @@ def bench_scaling(args) -> dict:
         with torch.no_grad():
             explicit = median_seconds(lambda: model(batch["explicit_input_ids"]), args.repeats)
             implicit = median_seconds(lambda: model(batch["implicit_input_ids"]), args.repeats)
+
+        def train_step(ids):
+            model(ids, labels=ids).loss.backward()
+            model.zero_grad(set_to_none=True)
+
+        explicit_train = median_seconds(lambda: train_step(batch["explicit_input_ids"]), args.repeats)
+        implicit_train = median_seconds(lambda: train_step(batch["implicit_input_ids"]), args.repeats)
         out[str(k)] = {"explicit_tokens": batch["explicit_input_ids"].shape[1], "implicit_tokens": batch["implicit_input_ids"].shape[1],
-                       "explicit_forward_ms": 1000 * explicit, "implicit_forward_ms": 1000 * implicit}
+                       "explicit_forward_ms": 1000 * explicit, "implicit_forward_ms": 1000 * implicit,
+                       "explicit_train_step_ms": 1000 * explicit_train, "implicit_train_step_ms": 1000 * implicit_train}
     return out
+
+
+METHODS = ("no_cot", "explicit_cot", "implicit_cot", "stepwise_cot")
+
+
+def check_bars(results: dict) -> list[tuple[str, float, bool]]:
+    """The benchmark issue's bars: (what, measured value, met?)."""
+    bars = []
+    for task, inference in results["inference"].items():
+        ratios = inference["ratios"].get("1")
+        if ratios:
+            bars.append((f"{task}: implicit/no-CoT examples/s at batch 1 >= 0.7x", ratios["implicit_over_no_cot"], ratios["implicit_over_no_cot"] >= 0.7))
+            bars.append((f"{task}: implicit/explicit examples/s at batch 1 >= 4x", ratios["implicit_over_explicit"], ratios["implicit_over_explicit"] >= 4))
+        implicit = inference["implicit_cot"]
+        if "1" in implicit and "64" in implicit:
+            gain = implicit["64"]["examples_per_second"] / implicit["1"]["examples_per_second"]
+            bars.append((f"{task}: implicit batch 64 / batch 1 examples/s >= 20x", gain, gain >= 20))
+    overhead = results["overheads"]["hook_overhead_fraction"]
+    bars.append(("hook substitution cost vs a plain forward < 5%", overhead, overhead < 0.05))
+    return bars
 
 
 def markdown(results: dict) -> str:
     lines = ["# icot_hf benchmarks", "", f"Machine: {results['machine']}", ""]
     for task, inference in results["inference"].items():
-        lines += [f"## Inference: {task}", "", "| model | batch | examples/s | latency (ms) |", "|---|---|---|---|"]
-        for name in ("no_cot", "explicit_cot", "implicit_cot"):
-            for b, v in inference[name].items():
-                lines.append(f"| {name} | {b} | {v['examples_per_second']:.1f} | {v['latency_ms']:.1f} |")
+        lines += [f"## Inference: {task}", "", "| model | batch | examples/s | latency (ms) | answer tokens/example |", "|---|---|---|---|---|"]
+        for name in METHODS:
+            for b, v in inference.get(name, {}).items():
+                if b.isdigit():
+                    lines.append(f"| {name} | {b} | {v['examples_per_second']:.1f} | {v['latency_ms']:.1f} | {inference[name]['answer_tokens_per_example']:.1f} |")
         for b, r in inference["ratios"].items():
-            lines.append(f"\nBatch {b}: implicit/no-CoT = {r['implicit_over_no_cot']:.2f}x, implicit/explicit = {r['implicit_over_explicit']:.2f}x")
+            extra = "".join(f", {k.replace('_over_', '/')} = {v:.2f}x" for k, v in r.items() if k.startswith("stepwise"))
+            lines.append(f"\nBatch {b}: implicit/no-CoT = {r['implicit_over_no_cot']:.2f}x, implicit/explicit = {r['implicit_over_explicit']:.2f}x{extra}")
         lines.append("")
-    lines += ["## Training step (samples/s)", "", "| stage | samples/s | step (ms) | peak RSS (MB) |", "|---|---|---|---|"]
+    lines += ["## Training step", "", "| stage | samples/s | step (ms) | peak memory (MB) |", "|---|---|---|---|"]
     for name, v in results["training"].items():
-        lines.append(f"| {name} | {v['samples_per_second']:.1f} | {v['step_ms']:.1f} | {v.get('peak_rss_mb', 0):.0f} |")
+        memory = v.get("peak_memory_mb")
+        lines.append(f"| {name} | {v['samples_per_second']:.1f} | {v['step_ms']:.1f} | {'-' if memory is None else f'{memory:.0f}'} |")
     o = results["overheads"]
     lines += ["", "## Inside the implicit path", "",
               f"Batch {o['batch_size']}: emulator {o['emulator_ms']:.1f} ms, student prefill {o['student_prefill_plain_ms']:.1f} ms plain / "
               f"{o['student_prefill_hooked_ms']:.1f} ms with hooks ({100 * o['hook_overhead_fraction']:+.1f}%), whole generate {o['generate_total_ms']:.1f} ms", "",
-              "## Scaling with k (forward pass, batch 16)", "", "| k | explicit tokens | implicit tokens | explicit ms | implicit ms |", "|---|---|---|---|---|"]
+              "## Scaling with k (untrained model of the preset's shape, batch 16)", "",
+              "| k | explicit tokens | implicit tokens | explicit forward ms | implicit forward ms | explicit train step ms | implicit train step ms |",
+              "|---|---|---|---|---|---|---|"]
     for k, v in results["scaling"].items():
-        lines.append(f"| {k} | {v['explicit_tokens']} | {v['implicit_tokens']} | {v['explicit_forward_ms']:.1f} | {v['implicit_forward_ms']:.1f} |")
+        lines.append(f"| {k} | {v['explicit_tokens']} | {v['implicit_tokens']} | {v['explicit_forward_ms']:.1f} | {v['implicit_forward_ms']:.1f} | "
+                     f"{v['explicit_train_step_ms']:.1f} | {v['implicit_train_step_ms']:.1f} |")
+    lines += ["", "## Bars", "", "| bar | measured | met |", "|---|---|---|"]
+    for what, value, met in check_bars(results):
+        lines.append(f"| {what} | {value:.3f} | {'yes' if met else 'NO'} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task_dir", default="outputs/4x4_mult")
-    parser.add_argument("--test_file", default=None)
-    parser.add_argument("--digits", type=int, default=4)
+    parser.add_argument("--task_dirs", nargs="+", default=["outputs/4x4_mult"], help="folders with teacher/, no_cot/, coupled/ (and stepwise/)")
+    parser.add_argument("--test_files", nargs="*", default=[], help="one ICoT text file per task dir (else sampled problems)")
     parser.add_argument("--output_dir", default="results")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--batches", type=int, default=4, help="batches timed per batch size")
@@ -217,20 +290,33 @@ def main(argv=None):
     parser.add_argument("--smoke", action="store_true", help="tiny random models, one repeat: checks the benchmark runs")
     args = parser.parse_args(argv)
     if args.smoke:
+        args.task_dirs, args.test_files = [None], []
         args.batch_sizes, args.batches, args.repeats, args.train_batch_size, args.scaling_digits = [1, 8], 1, 1, 8, [2, 3]
+    if args.test_files and len(args.test_files) != len(args.task_dirs):
+        parser.error(f"--test_files needs one file per --task_dirs entry ({len(args.task_dirs)}), got {len(args.test_files)}")
     import os
     import platform
 
-    torch.manual_seed(0)
-    tokenizer, models = load_models(args)
-    rows = questions_for(args, args.digits)
     results = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads",
-        "inference": {Path(args.test_file).parent.name if args.test_file else f"{args.digits}x{args.digits}": bench_inference(tokenizer, models, rows, args)},
-        "training": bench_training(tokenizer, models, rows, args),
-        "overheads": bench_overheads(tokenizer, models, rows, args),
-        "scaling": bench_scaling(args),
+        "inference": {},
     }
+    for index, task_dir in enumerate(args.task_dirs):
+        torch.manual_seed(0)
+        test_file = args.test_files[index] if args.test_files else None
+        digits = int(Path(task_dir).name[0]) if task_dir and Path(task_dir).name[:1].isdigit() else 4
+        tokenizer, models = load_models(args, task_dir)
+        rows = questions_for(args, test_file, digits)
+        name = Path(test_file).parent.name if test_file else (Path(task_dir).name if task_dir else f"{digits}x{digits}")
+        print(f"inference: {name}", flush=True)
+        results["inference"][name] = bench_inference(tokenizer, models, rows, args)
+        if index == 0:
+            print("training steps, overheads", flush=True)
+            results["training"] = bench_training(tokenizer, models, rows, args)
+            results["overheads"] = bench_overheads(tokenizer, models, rows, args)
+    print("scaling", flush=True)
+    results["scaling"] = bench_scaling(args)
+    results["bars"] = [{"bar": what, "measured": value, "met": met} for what, value, met in check_bars(results)]
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(results, indent=2))

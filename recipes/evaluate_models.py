@@ -2,7 +2,7 @@
 
     python recipes/evaluate_models.py --task 4x4_mult --dataset_name_or_path data/4x4_mult \
         --no_cot_model outputs/4x4_mult/no_cot --teacher_model outputs/4x4_mult/teacher \
-        --implicit_model outputs/4x4_mult/coupled \
+        --implicit_model outputs/4x4_mult/coupled [--stepwise_model outputs/4x4_mult/stepwise] \
         --test_files ../shared/data/icot_original/4_by_4_mult/test_bigbench.txt \
         --output_dir results/4x4_mult
 
@@ -35,6 +35,7 @@ class EvalArguments:
     no_cot_model: str | None = field(default=None, metadata={"help": "No-CoT baseline folder or Hub id."})
     teacher_model: str | None = field(default=None, metadata={"help": "Explicit-CoT teacher folder or Hub id."})
     implicit_model: str | None = field(default=None, metadata={"help": "ImplicitCoTForCausalLM folder or Hub id."})
+    stepwise_model: str | None = field(default=None, metadata={"help": "Stepwise-internalization (ICoT-SI) model folder or Hub id: a plain causal LM."})
     batch_sizes: list[int] = field(default_factory=lambda: [1, 64], metadata={"help": "Batch sizes to time."})
     max_examples: int | None = field(default=None, metadata={"help": "Evaluate only the first N examples of each set."})
     max_examples_batch1: int = field(default=200, metadata={"help": "Examples timed at batch size 1."})
@@ -63,6 +64,10 @@ def load_answerers(args: EvalArguments) -> dict:
         answerers["explicit_cot"] = ExplicitCoTAnswerer(AutoModelForCausalLM.from_pretrained(args.teacher_model), AutoTokenizer.from_pretrained(args.teacher_model))
     if args.implicit_model:
         answerers["implicit_cot"] = ImplicitCoTAnswerer(ImplicitCoTForCausalLM.from_pretrained(args.implicit_model), AutoTokenizer.from_pretrained(args.implicit_model))
+    if args.stepwise_model:
+        # ICoT-SI keeps the explicit format with an empty CoT (`input S S answer`): the
+        # explicit answerer reads it; its CoT budget only matters if removal was incomplete.
+        answerers["stepwise_cot"] = ExplicitCoTAnswerer(AutoModelForCausalLM.from_pretrained(args.stepwise_model), AutoTokenizer.from_pretrained(args.stepwise_model), max_new_tokens=64)
     if not answerers:
         raise ValueError("no model to evaluate: give --no_cot_model, --teacher_model and/or --implicit_model")
     return answerers

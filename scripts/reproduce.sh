@@ -9,6 +9,8 @@
 #       bash scripts/reproduce.sh
 #
 # Paths in the YAML configs (data, outputs) are relative to the current directory.
+# METHODS lists the implicit methods to train and evaluate: "kd" (the paper's distillation,
+# the default) and/or "stepwise" (ICoT-SI from the same teacher), e.g. METHODS="kd stepwise".
 # CONFIGS, OUT, RESULTS, PY, ACCELERATE and ACCELERATE_CONFIG can be overridden.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,6 +21,11 @@ PY=${PY:-$REPO/.venv/bin/python}
 ACCELERATE=${ACCELERATE:-$REPO/.venv/bin/accelerate}
 ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-$REPO/recipes/accelerate_configs/cpu.yaml}
 EXTRA_ARGS=${EXTRA_ARGS:-}
+METHODS=${METHODS:-kd}
+for method in $METHODS; do
+  case $method in kd|stepwise) ;; *) echo "reproduce: unknown method '$method' in METHODS (use kd and/or stepwise)"; exit 2;; esac
+done
+wants() { [[ " $METHODS " == *" $1 "* ]]; }
 SUFFIX=""
 [ "$PRESET" = cpu ] || SUFFIX="-$PRESET"
 CONFIGS=${CONFIGS:-$REPO/recipes/configs/$TASK${SUFFIX:+/$PRESET}}
@@ -73,15 +80,25 @@ fi
 # 2. teacher and no-CoT baseline
 stage teacher teacher teacher "$OUT/teacher"
 stage no_cot teacher no_cot "$OUT/no_cot"
-# 3. distillation stages, 4. couple and optimize
-stage mind_reading mind_reading mind_reading "$OUT/mind_reading" --teacher_name_or_path "$OUT/teacher"
-stage emulator emulator emulator "$OUT/emulator" --teacher_name_or_path "$OUT/teacher"
-stage coupled couple couple "$OUT/coupled" --student_name_or_path "$OUT/mind_reading" --emulator_name_or_path "$OUT/emulator"
+# 3. distillation stages, 4. couple and optimize (ICoT-KD)
+models=(--no_cot_model "$OUT/no_cot" --teacher_model "$OUT/teacher")
+if wants kd; then
+  stage mind_reading mind_reading mind_reading "$OUT/mind_reading" --teacher_name_or_path "$OUT/teacher"
+  stage emulator emulator emulator "$OUT/emulator" --teacher_name_or_path "$OUT/teacher"
+  stage coupled couple couple "$OUT/coupled" --student_name_or_path "$OUT/mind_reading" --emulator_name_or_path "$OUT/emulator"
+  models+=(--implicit_model "$OUT/coupled")
+fi
+# 3'. stepwise internalization (ICoT-SI) from the same teacher
+if wants stepwise; then
+  [ -f "$CONFIGS/stepwise.yaml" ] || { echo "reproduce: METHODS has stepwise but $CONFIGS/stepwise.yaml is missing"; exit 2; }
+  stage stepwise stepwise stepwise "$OUT/stepwise" --teacher_name_or_path "$OUT/teacher"
+  models+=(--stepwise_model "$OUT/stepwise")
+fi
 
 # 5. evaluation
 tests=()
 [ -n "$TEST_FILE" ] && tests=(--test_files "$TEST_FILE")
 timed evaluate "$PY" "$REPO/recipes/evaluate_models.py" --task "$TASK" --dataset_name_or_path "$DATA" --split test "${tests[@]}" \
-  --no_cot_model "$OUT/no_cot" --teacher_model "$OUT/teacher" --implicit_model "$OUT/coupled" \
+  "${models[@]}" \
   --output_dir "$RESULTS" ${EVAL_ARGS:-}
 echo "==> [$TASK] finished in $(( $(date +%s) - STARTED )) s; results in $RESULTS/"

@@ -1,6 +1,6 @@
 """The whole pipeline through the real recipes and `accelerate launch`, on tiny configs:
-data -> teacher -> no-CoT -> student -> emulator -> coupled -> evaluation, then a re-run
-that skips every finished stage."""
+data -> teacher -> no-CoT -> student -> emulator -> coupled (ICoT-KD) and stepwise (ICoT-SI)
+-> evaluation, then a re-run that skips every finished stage."""
 
 import json
 import os
@@ -17,20 +17,27 @@ from conftest import REPO
 def test_reproduce_pipeline_end_to_end(tmp_path):
     bin_dir = Path(sys.executable).parent
     env = dict(os.environ, TASK="tiny", CONFIGS=str(REPO / "tests" / "configs" / "tiny"), PY=sys.executable,
-               ACCELERATE=str(bin_dir / "accelerate"), HF_HUB_OFFLINE="1", EVAL_ARGS="--max_examples 32 --max_examples_batch1 8 --batch_sizes 1 16")
+               ACCELERATE=str(bin_dir / "accelerate"), HF_HUB_OFFLINE="1", METHODS="kd stepwise", EVAL_ARGS="--max_examples 32 --max_examples_batch1 8 --batch_sizes 1 16")
     run = subprocess.run(["bash", str(REPO / "scripts" / "reproduce.sh")], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    for stage in ("teacher", "no_cot", "mind_reading", "emulator", "coupled"):
+    for stage in ("teacher", "no_cot", "mind_reading", "emulator", "coupled", "stepwise"):
         assert (tmp_path / "outputs" / "tiny" / stage / "training_complete.json").exists(), stage
     results = json.loads((tmp_path / "results" / "tiny" / "results.json").read_text())
     methods = results["evaluations"]["tiny [test]"]
-    assert set(methods) == {"no_cot", "explicit_cot", "implicit_cot"}
+    assert set(methods) == {"no_cot", "explicit_cot", "implicit_cot", "stepwise_cot"}
     assert all(0 <= m["accuracy"] <= 1 and m["throughput"]["1"] > 0 for m in methods.values())
     assert (tmp_path / "results" / "tiny" / "accuracy_vs_throughput.png").stat().st_size > 1000
-    assert "| Implicit CoT (ICoT-KD) |" in (tmp_path / "results" / "tiny" / "results.md").read_text()
+    table = (tmp_path / "results" / "tiny" / "results.md").read_text()
+    assert "| Implicit CoT (ICoT-KD) |" in table and "| Implicit CoT (ICoT-SI, stepwise) |" in table
     config = json.loads((tmp_path / "outputs" / "tiny" / "coupled" / "config.json").read_text())
     assert config["model_type"] == "icot" and config["student"]["base_config"]["model_type"] == "gpt2"
     # A second run finds every stage finished and only re-evaluates.
     again = subprocess.run(["bash", str(REPO / "scripts" / "reproduce.sh")], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert again.returncode == 0
-    assert again.stdout.count("skipping") == 5
+    assert again.stdout.count("skipping") == 6
+
+
+def test_reproduce_rejects_unknown_method(tmp_path):
+    env = dict(os.environ, TASK="tiny", CONFIGS=str(REPO / "tests" / "configs" / "tiny"), METHODS="kd magic")
+    run = subprocess.run(["bash", str(REPO / "scripts" / "reproduce.sh")], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert run.returncode == 2 and "unknown method 'magic'" in run.stdout

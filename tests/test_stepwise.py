@@ -20,6 +20,8 @@ def test_schedule_by_epoch_and_by_steps(tmp_path):
     assert [schedule_stage(step, 10, by_epoch) for step in (0, 9, 10, 25, 31)] == [0, 0, 1, 2, 3]
     by_steps = config(tmp_path, remove_per_stage=5, removal_unit="steps", removal_interval_steps=4)
     assert [schedule_stage(step, 10, by_steps) for step in (0, 3, 4, 11, 12)] == [0, 0, 1, 2, 3]
+    from_trained = config(tmp_path, remove_per_stage=5, removal_unit="steps", removal_interval_steps=4, removal_start_stage=1)
+    assert [schedule_stage(step, 10, from_trained) for step in (0, 3, 4, 12)] == [1, 1, 2, 4]
 
 
 def test_smoothing_offsets_stay_in_bounds_and_favour_zero():

@@ -7,7 +7,8 @@ import json
 import os
 from pathlib import Path
 
-METHOD_NAMES = {"no_cot": "No CoT", "explicit_cot": "Explicit CoT (teacher)", "implicit_cot": "Implicit CoT (ICoT-KD)"}
+METHOD_NAMES = {"no_cot": "No CoT", "explicit_cot": "Explicit CoT (teacher)", "implicit_cot": "Implicit CoT (ICoT-KD)",
+                "stepwise_cot": "Implicit CoT (ICoT-SI, stepwise)"}
 
 
 def markdown_table(results: dict) -> str:

@@ -1,7 +1,7 @@
 """Stepwise internalization: remove CoT tokens from the front of the chain of thought as
 training proceeds. The model stays a plain causal LM; inference is `generate` on `input S`.
 
-Schedule: at stage s (epoch s, or optimizer step // interval), `s * remove_per_stage`
+Schedule: at stage s (removal_start_stage + epoch, or + optimizer step // interval), `s * remove_per_stage`
 leading CoT tokens are removed from every example, plus a per-example smoothing offset
 o in [0, max_removal_offset] with P(o) proportional to exp(-lambda * o). Removal happens
 on the collated batch inside the training step (vectorised), and both the stage and the
@@ -23,8 +23,8 @@ from .teacher_trainer import implicit_prompts
 
 def schedule_stage(global_step: int, steps_per_epoch: int, args: StepwiseInternalizationConfig) -> int:
     if args.removal_unit == "steps":
-        return global_step // args.removal_interval_steps
-    return global_step // max(steps_per_epoch, 1)
+        return args.removal_start_stage + global_step // args.removal_interval_steps
+    return args.removal_start_stage + global_step // max(steps_per_epoch, 1)
 
 
 def removal_offsets(count: int, lam: float, max_offset: int, generator: torch.Generator) -> torch.Tensor:
