@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorL
 from conftest import tiny_config
 from icot_hf.data import ICoTCollator, prompt_batch, tokenize_dataset
 from icot_hf.teacher import (
-    cut_after_separators, extract_teacher_states, generate_explicit, generation_kwargs, parse_delta, state_grid_positions,
+    cut_after_separators, extract_teacher_states, generate_explicit, generation_kwargs, new_token_budget, parse_delta, state_grid_positions,
 )
 
 
@@ -96,3 +96,19 @@ def test_explicit_generation_stops_each_row_after_its_answer(tokenizer):
     assert cut_after_separators(generated, sep, 2) == [[digit("7")], [digit("3")] * 4]
     plain = generate_explicit(teacher, **batch, separator_id=sep, pad_token_id=pad, max_new_tokens=6)
     assert len(plain["cot"]) == 2  # runs without forcing, cut at the budget
+
+
+def test_generation_budget_stays_inside_the_context(tokenizer):
+    """A budget past the context is capped (GPT-2 would index past its position table);
+    a prompt that already fills the context is a clear error."""
+    config = tiny_config("gpt2", tokenizer)
+    config.n_positions = 16
+    teacher = AutoModelForCausalLM.from_config(config).eval()
+    sep, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    batch = prompt_batch(tokenizer, ["1 2 3 * 4 5 6"], sep, pad)  # 8 tokens
+    never_stop = LogitsProcessorList([ForceSeparators(batch["input_ids"].shape[1], sep, [set()], [tokenizer.convert_tokens_to_ids("7")])])
+    out = teacher.generate(**batch, **generation_kwargs(sep, pad, 8, 2, new_token_budget(teacher, 8, 200)), logits_processor=never_stop)
+    assert out.shape[1] == 16
+    assert len(generate_explicit(teacher, **batch, separator_id=sep, pad_token_id=pad, max_new_tokens=200)["cot"][0]) <= 8
+    with pytest.raises(ValueError, match="fill the model's 16-token context"):
+        new_token_budget(teacher, 16, 10)

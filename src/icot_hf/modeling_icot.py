@@ -21,6 +21,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_icot import ImplicitCoTConfig, ImplicitCoTEmulatorConfig, ImplicitCoTStudentConfig
 from .hooks import edit_layer_inputs, gather_rows, substitute_rows, substitute_states
+from .teacher import new_token_budget
 
 
 LORA_ADAPTER_DIR = "lora_adapter"
@@ -394,7 +395,7 @@ class ImplicitCoTForCausalLM(PreTrainedModel):
         emulated = self.emulator(input_ids, attention_mask, last_positions(input_ids))
         separator = self.config.separator_token_id
         settings = dict(
-            max_new_tokens=max_new_tokens or self.config.max_answer_tokens,
+            max_new_tokens=new_token_budget(self.student.lm, input_ids.shape[1], max_new_tokens or self.config.max_answer_tokens),
             do_sample=False,
             num_beams=num_beams,
             eos_token_id=separator,

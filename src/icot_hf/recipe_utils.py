@@ -149,6 +149,9 @@ def load_splits(script_args: ScriptArguments, tokenizer, views, context_length: 
         if script_args.max_eval_samples:
             evaluation = evaluation.select(range(min(script_args.max_eval_samples, len(evaluation))))
         evaluation = tokenize_dataset(evaluation, tokenizer, split_name=f"{script_args.dataset_name_or_path}[{script_args.eval_split}]", **common)
+    elif script_args.eval_split:
+        logger.warning("%s has no split %r (it has %s): training without evaluation; set --eval_split to one of them",
+                       script_args.dataset_name_or_path, script_args.eval_split, list(dataset))
     return train, evaluation
 
 

@@ -129,8 +129,23 @@ def cut_after_separators(generated: torch.Tensor, separator_id: int, count: int)
     return results
 
 
+def new_token_budget(model, prompt_length: int, max_new_tokens: int) -> int:
+    """`max_new_tokens`, capped so prompt + generation fits the model's context (a GPT-2
+    asked for more crashes with an index error in its position embedding)."""
+    from .data import model_context_length
+
+    context = model_context_length(getattr(model, "config", None))
+    if context is None:
+        return max_new_tokens
+    if prompt_length >= context:
+        raise ValueError(f"prompts of {prompt_length} tokens fill the model's {context}-token context: nothing can be generated; "
+                         "shorten the inputs or use a model with a longer context")
+    return min(max_new_tokens, context - prompt_length)
+
+
 def generation_kwargs(separator_id: int, pad_token_id: int, prompt_length: int, separators_to_generate: int, max_new_tokens: int, num_beams: int = 1) -> dict:
-    """Keyword arguments for `generate` that stop each row at its own end of answer."""
+    """Keyword arguments for `generate` that stop each row at its own end of answer
+    (pass `max_new_tokens` through `new_token_budget` first)."""
     return dict(
         max_new_tokens=max_new_tokens,
         do_sample=False,
@@ -153,7 +168,7 @@ def generate_explicit(model, input_ids, attention_mask, separator_id: int, pad_t
     output = model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        **generation_kwargs(separator_id, pad_token_id, prompt_length, 2, max_new_tokens, num_beams),
+        **generation_kwargs(separator_id, pad_token_id, prompt_length, 2, new_token_budget(model, prompt_length, max_new_tokens), num_beams),
     )
     generated = output[:, prompt_length:]
     return {
@@ -169,6 +184,6 @@ def generate_direct(model, input_ids, attention_mask, separator_id: int, pad_tok
     output = model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        **generation_kwargs(separator_id, pad_token_id, prompt_length, 1, max_new_tokens, num_beams),
+        **generation_kwargs(separator_id, pad_token_id, prompt_length, 1, new_token_budget(model, prompt_length, max_new_tokens), num_beams),
     )
     return cut_after_separators(output[:, prompt_length:], separator_id, 1)

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ..teacher import cut_after_separators, generation_kwargs
+from ..teacher import cut_after_separators, generation_kwargs, new_token_budget
 from .base import ICoTTrainer, token_accuracy
 from .stepwise_config import StepwiseInternalizationConfig
 from .teacher_trainer import implicit_prompts
@@ -101,5 +101,5 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
         prompts, mask = implicit_prompts(batch, self.separator_id)
         pad = self.processing_class.pad_token_id
         generated = model.generate(input_ids=prompts, attention_mask=mask,
-                                   **generation_kwargs(self.separator_id, self.separator_id if pad is None else pad, prompts.shape[1], 2, self.args.max_new_tokens))
+                                   **generation_kwargs(self.separator_id, self.separator_id if pad is None else pad, prompts.shape[1], 2, new_token_budget(model, prompts.shape[1], self.args.max_new_tokens)))
         return cut_after_separators(generated[:, prompts.shape[1] :], self.separator_id, 2)

@@ -3,7 +3,7 @@ on `input S cot S answer S` (or `input S answer S` with view="implicit")."""
 
 from __future__ import annotations
 
-from ..teacher import cut_after_separators, generation_kwargs
+from ..teacher import cut_after_separators, generation_kwargs, new_token_budget
 from .base import ICoTTrainer, token_accuracy
 from .teacher_config import TeacherConfig
 
@@ -36,7 +36,7 @@ class TeacherTrainer(ICoTTrainer):
         pad = self.processing_class.pad_token_id
         generated = model.generate(
             input_ids=prompts, attention_mask=mask,
-            **generation_kwargs(self.separator_id, self.separator_id if pad is None else pad, prompts.shape[1], separators, self.args.max_new_tokens),
+            **generation_kwargs(self.separator_id, self.separator_id if pad is None else pad, prompts.shape[1], separators, new_token_budget(model, prompts.shape[1], self.args.max_new_tokens)),
         )
         return cut_after_separators(generated[:, prompts.shape[1] :], self.separator_id, separators)
 
