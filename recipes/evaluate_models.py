@@ -40,6 +40,7 @@ class EvalArguments:
     max_examples: int | None = field(default=None, metadata={"help": "Evaluate only the first N examples of each set."})
     max_examples_batch1: int = field(default=200, metadata={"help": "Examples timed at batch size 1."})
     output_dir: str = field(default="results/4x4_mult", metadata={"help": "Where results.json/.md/.png go."})
+    device: str | None = field(default=None, metadata={"help": "torch device (default: cuda when available, else cpu)."})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's)."})
 
 
@@ -57,19 +58,24 @@ def evaluation_sets(args: EvalArguments) -> dict[str, tuple[list[str], list[str]
 
 
 def load_answerers(args: EvalArguments) -> dict:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def load(model_class, path):
+        return model_class.from_pretrained(path).to(device).eval(), AutoTokenizer.from_pretrained(path)
+
     answerers = {}
     if args.no_cot_model:
-        answerers["no_cot"] = DirectAnswerer(AutoModelForCausalLM.from_pretrained(args.no_cot_model), AutoTokenizer.from_pretrained(args.no_cot_model))
+        answerers["no_cot"] = DirectAnswerer(*load(AutoModelForCausalLM, args.no_cot_model))
     if args.teacher_model:
-        answerers["explicit_cot"] = ExplicitCoTAnswerer(AutoModelForCausalLM.from_pretrained(args.teacher_model), AutoTokenizer.from_pretrained(args.teacher_model))
+        answerers["explicit_cot"] = ExplicitCoTAnswerer(*load(AutoModelForCausalLM, args.teacher_model))
     if args.implicit_model:
-        answerers["implicit_cot"] = ImplicitCoTAnswerer(ImplicitCoTForCausalLM.from_pretrained(args.implicit_model), AutoTokenizer.from_pretrained(args.implicit_model))
+        answerers["implicit_cot"] = ImplicitCoTAnswerer(*load(ImplicitCoTForCausalLM, args.implicit_model))
     if args.stepwise_model:
         # ICoT-SI keeps the explicit format with an empty CoT (`input S S answer`): the
         # explicit answerer reads it; its CoT budget only matters if removal was incomplete.
-        answerers["stepwise_cot"] = ExplicitCoTAnswerer(AutoModelForCausalLM.from_pretrained(args.stepwise_model), AutoTokenizer.from_pretrained(args.stepwise_model), max_new_tokens=64)
+        answerers["stepwise_cot"] = ExplicitCoTAnswerer(*load(AutoModelForCausalLM, args.stepwise_model), max_new_tokens=64)
     if not answerers:
-        raise ValueError("no model to evaluate: give --no_cot_model, --teacher_model and/or --implicit_model")
+        raise ValueError("no model to evaluate: give --no_cot_model, --teacher_model, --implicit_model and/or --stepwise_model")
     return answerers
 
 

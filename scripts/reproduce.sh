@@ -19,7 +19,9 @@ PRESET=${PRESET:-cpu}
 TEST_FILE=${TEST_FILE:-}
 PY=${PY:-$REPO/.venv/bin/python}
 ACCELERATE=${ACCELERATE:-$REPO/.venv/bin/accelerate}
-ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-$REPO/recipes/accelerate_configs/cpu.yaml}
+DEFAULT_LAUNCH=cpu
+[ "$PRESET" = cpu ] || DEFAULT_LAUNCH=gpu  # the paper presets train in bf16 on a GPU
+ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-$REPO/recipes/accelerate_configs/$DEFAULT_LAUNCH.yaml}
 EXTRA_ARGS=${EXTRA_ARGS:-}
 METHODS=${METHODS:-kd}
 for method in $METHODS; do
