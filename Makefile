@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 TASK ?= 4x4_mult
 PRESET ?= cpu
 METHODS ?= kd
-TEST_FILE ?= $(firstword $(wildcard ../shared/data/icot_original/4_by_4_mult/test_bigbench.txt))
+TEST_FILE ?= $(firstword $(wildcard ../shared/data/icot_original/$(subst x,_by_,$(subst _mult,,$(TASK)))_mult/test_bigbench.txt))
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 .PHONY: install install-deepspeed reproduce test test-fast bench clean
