@@ -67,6 +67,7 @@ def test_resume_mid_schedule_continues_at_the_same_position(tmp_path, tokenizer)
     full = train(tmp_path / "full", tokenizer, data, max_steps=12)
     removed_full = [e["removed_tokens"] for e in full.state.log_history if "removed_tokens" in e]
     assert full.current_stage() == 3 and full.scheduled_removal() == 9
+    assert full.scheduled_removal(11) == 6  # evaluation after step 12 uses the removal step 12 trained on
     train(tmp_path / "cut", tokenizer, data, max_steps=6)  # stops at a checkpoint in stage 1
     resumed = train(tmp_path / "cut", tokenizer, data, max_steps=12, resume=str(tmp_path / "cut" / "checkpoint-6"))
     removed_resumed = [e["removed_tokens"] for e in resumed.state.log_history if "removed_tokens" in e]

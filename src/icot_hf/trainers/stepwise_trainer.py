@@ -67,11 +67,11 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
         batches = math.ceil(len(self.train_dataset) / (self.args.train_batch_size * max(self.args.world_size, 1)))
         return max(batches // self.args.gradient_accumulation_steps, 1)
 
-    def current_stage(self) -> int:
-        return schedule_stage(self.state.global_step, self.steps_per_epoch(), self.args)
+    def current_stage(self, step: int | None = None) -> int:
+        return schedule_stage(self.state.global_step if step is None else step, self.steps_per_epoch(), self.args)
 
-    def scheduled_removal(self) -> int:
-        return self.current_stage() * self.args.remove_per_stage
+    def scheduled_removal(self, step: int | None = None) -> int:
+        return self.current_stage(step) * self.args.remove_per_stage
 
     def removal_for_batch(self, batch_size: int) -> torch.Tensor:
         """Scheduled count plus smoothing offsets, seeded by (seed, global step): resumable."""
@@ -90,8 +90,8 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
             removed = self.removal_for_batch(inputs["explicit_input_ids"].shape[0])
-        else:  # evaluate at the current schedule position, without smoothing
-            removed = torch.full((inputs["explicit_input_ids"].shape[0],), self.scheduled_removal())
+        else:  # evaluate at the removal of the last trained step (evaluation runs after it), no smoothing
+            removed = torch.full((inputs["explicit_input_ids"].shape[0],), self.scheduled_removal(max(self.state.global_step - 1, 0)))
         ids, mask, labels, _ = remove_cot_tokens(inputs["explicit_input_ids"], inputs["explicit_attention_mask"], inputs["explicit_separators"], removed, self.pad_token_id)
         outputs = model(input_ids=ids, attention_mask=mask, labels=labels)
         self.record(token_accuracy=token_accuracy(outputs.logits.detach(), labels), removed_tokens=float(removed.float().mean()))
