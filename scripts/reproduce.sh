@@ -12,6 +12,9 @@
 # METHODS lists the implicit methods to train and evaluate: "kd" (the paper's distillation,
 # the default) and/or "stepwise" (ICoT-SI from the same teacher), e.g. METHODS="kd stepwise".
 # CONFIGS, OUT, RESULTS, PY, ACCELERATE and ACCELERATE_CONFIG can be overridden.
+# The whole body is one { ... } block: bash reads it completely before running it, so editing
+# this file during a long run cannot change what the run executes.
+{
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 TASK=${TASK:-4x4_mult}
@@ -104,3 +107,5 @@ timed evaluate "$PY" "$REPO/recipes/evaluate_models.py" --task "$TASK" --dataset
   "${models[@]}" \
   --output_dir "$RESULTS" ${EVAL_ARGS:-}
 echo "==> [$TASK] finished in $(( $(date +%s) - STARTED )) s; results in $RESULTS/"
+exit 0
+}
