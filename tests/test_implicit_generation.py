@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM
 from conftest import multiplication_dataset, tiny_config
 from icot_hf import ImplicitCoTEmulator, ImplicitCoTForCausalLM, ImplicitCoTStudent
 from icot_hf.data import ICoTCollator, prompt_batch, tokenize_dataset
+from icot_hf.hooks import get_decoder_layers
 from icot_hf.trainers import CoupledConfig, CoupledTrainer
 
 
@@ -72,3 +73,23 @@ def test_generate_matches_full_forward(trained, tokenizer):
     prompt_length = batch["input_ids"].shape[1]
     logits = trained(output, separator_positions=torch.tensor([prompt_length - 1])).logits
     assert torch.equal(logits[0, prompt_length - 1 : -1].argmax(-1), output[0, prompt_length:])
+
+
+def test_generation_uses_the_cache_even_when_the_config_says_not_to(trained, tokenizer):
+    """Training leaves `use_cache=False` in saved configs; without the cache each decode step
+    would recompute the prompt without the substituted states. Decode steps must be length 1."""
+    lm = trained.student.lm
+    saved = lm.config.use_cache, lm.generation_config.use_cache
+    lm.config.use_cache = lm.generation_config.use_cache = False
+    lengths = []
+    handle = get_decoder_layers(lm)[0].register_forward_pre_hook(lambda module, args, kwargs: lengths.append((args[0] if args else kwargs["hidden_states"]).shape[1]), with_kwargs=True)
+    try:
+        batch = prompt_batch(tokenizer, QUESTIONS[:2], tokenizer.eos_token_id, tokenizer.pad_token_id)
+        with_config_off = trained.generate(**batch, max_new_tokens=6)
+        with pytest.raises(ValueError, match="needs the KV cache"):
+            trained.generate(**batch, max_new_tokens=6, use_cache=False)
+    finally:
+        handle.remove()
+        lm.config.use_cache, lm.generation_config.use_cache = saved
+    assert lengths[0] == batch["input_ids"].shape[1] and set(lengths[1:]) == {1}
+    assert torch.equal(with_config_off, trained.generate(**batch, max_new_tokens=6))

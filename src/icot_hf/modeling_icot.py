@@ -209,9 +209,17 @@ class ImplicitCoTStudent(ImplicitCoTPreTrainedModel):
 
     @torch.no_grad()
     def generate(self, input_ids, teacher_states, attention_mask=None, states_are_mapped: bool = False, **generate_kwargs):
-        """Generate from left-padded `input S` prompts; states substituted during prefill only."""
+        """Generate from left-padded `input S` prompts; states substituted during prefill only.
+
+        The KV cache is what carries the substituted states into every later token, so it is
+        always on: a checkpoint saved with `use_cache=False` (as training leaves it) would
+        otherwise recompute the prompt without the states at each step, silently and slowly."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if generate_kwargs.get("use_cache") is False:
+            raise ValueError("ImplicitCoTStudent.generate needs the KV cache (use_cache=True): the states are substituted "
+                             "in the prefill only, and the cache carries them to the later tokens")
+        generate_kwargs["use_cache"] = True
         vectors = self.state_vectors(teacher_states, states_are_mapped)
         with substitute_states(self.lm, last_positions(input_ids), vectors, input_ids.shape[1]):
             return self.lm.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
