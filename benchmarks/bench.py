@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -81,8 +82,11 @@ def bench_inference(tokenizer, models, rows, args) -> dict:
     for name, answer in answerers.items():
         out[name] = {"answer_tokens_per_example": _mean_answer_tokens(answer(questions[: max(args.batch_sizes)]))}
         for batch_size in args.batch_sizes:
-            batches = [questions[i : i + batch_size] for i in range(0, len(questions), batch_size)][: args.batches]
-            seconds = [median_seconds(lambda b=b: answer(b), args.repeats) for b in batches]
+            # At least --min_examples examples per size: a handful of batch-1 rows is too noisy.
+            count = max(args.batches, math.ceil(args.min_examples / batch_size))
+            batches = [questions[i : i + batch_size] for i in range(0, len(questions), batch_size)][:count]
+            answer(batches[0])  # warm-up
+            seconds = [median_seconds(lambda b=b: answer(b), args.repeats, warmup=0) for b in batches]
             per_batch = statistics.median(seconds)
             out[name][str(batch_size)] = {"examples_per_second": batch_size / per_batch, "latency_ms": 1000 * per_batch}
     speed = lambda name, b: out[name][b]["examples_per_second"]  # noqa: E731
@@ -284,7 +288,8 @@ def main(argv=None):
     parser.add_argument("--output_dir", default="results")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--batches", type=int, default=4, help="batches timed per batch size")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--min_examples", type=int, default=32, help="examples timed at least, per batch size")
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--train_batch_size", type=int, default=64)
     parser.add_argument("--scaling_digits", type=int, nargs="+", default=[4, 5, 7, 9])
     parser.add_argument("--smoke", action="store_true", help="tiny random models, one repeat: checks the benchmark runs")
@@ -292,6 +297,7 @@ def main(argv=None):
     if args.smoke:
         args.task_dirs, args.test_files = [None], []
         args.batch_sizes, args.batches, args.repeats, args.train_batch_size, args.scaling_digits = [1, 8], 1, 1, 8, [2, 3]
+        args.min_examples = 1
     if args.test_files and len(args.test_files) != len(args.task_dirs):
         parser.error(f"--test_files needs one file per --task_dirs entry ({len(args.task_dirs)}), got {len(args.test_files)}")
     import os
