@@ -122,19 +122,25 @@ def bench_overheads(tokenizer, models, rows, args) -> dict:
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         emulator_s = median_seconds(lambda: implicit.emulator(ids, mask, positions), args.repeats)
         generate_s = median_seconds(lambda: implicit.generate(ids, attention_mask=mask), args.repeats)
-        plain_s = median_seconds(lambda: lm(ids, attention_mask=mask, position_ids=position_ids), args.repeats * 3)
+
+        def plain():
+            lm(ids, attention_mask=mask, position_ids=position_ids)
 
         def hooked():
             with substitute_states(lm, positions, vectors, ids.shape[1]):
                 lm(ids, attention_mask=mask, position_ids=position_ids)
 
-        hooked_s = median_seconds(hooked, args.repeats * 3)
+        # Interleaved pairs, median of the per-pair ratio: robust to drifting machine load.
+        pairs = [(median_seconds(plain, 1, warmup=0), median_seconds(hooked, 1, warmup=0)) for _ in range(max(10 * args.repeats, 2))]
+        plain_s = statistics.median(p for p, _ in pairs)
+        hooked_s = statistics.median(h for _, h in pairs)
+        overhead = statistics.median(h / p for p, h in pairs) - 1
     return {
         "batch_size": ids.shape[0],
         "emulator_ms": 1000 * emulator_s,
         "student_prefill_plain_ms": 1000 * plain_s,
         "student_prefill_hooked_ms": 1000 * hooked_s,
-        "hook_overhead_fraction": hooked_s / plain_s - 1,
+        "hook_overhead_fraction": overhead,
         "generate_total_ms": 1000 * generate_s,
     }
 
