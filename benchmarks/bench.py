@@ -80,7 +80,7 @@ def bench_inference(tokenizer, models, rows, args) -> dict:
     questions = [r["input"] for r in rows]
     out = {}
     for name, answer in answerers.items():
-        out[name] = {"answer_tokens_per_example": _mean_answer_tokens(answer(questions[: max(args.batch_sizes)]))}
+        out[name] = {}
         for batch_size in args.batch_sizes:
             # At least --min_examples examples per size: a handful of batch-1 rows is too noisy.
             count = max(args.batches, math.ceil(args.min_examples / batch_size))
@@ -98,12 +98,6 @@ def bench_inference(tokenizer, models, rows, args) -> dict:
         if "stepwise_cot" in out:
             ratios.update(stepwise_over_no_cot=speed("stepwise_cot", b) / speed("no_cot", b), stepwise_over_explicit=speed("stepwise_cot", b) / speed("explicit_cot", b))
     return out
-
-
-def _mean_answer_tokens(answers: list[str]) -> float:
-    """Tokens in the answers (digit tokens here): a model that does not stop at its end of
-    answer runs its batch to the generation budget, which shows here and in examples/s."""
-    return statistics.mean(len(a.split()) for a in answers) if answers else 0.0
 
 
 def bench_overheads(tokenizer, models, rows, args) -> dict:
@@ -258,11 +252,10 @@ def check_bars(results: dict) -> list[tuple[str, float, bool]]:
 def markdown(results: dict) -> str:
     lines = ["# icot_hf benchmarks", "", f"Machine: {results['machine']}", ""]
     for task, inference in results["inference"].items():
-        lines += [f"## Inference: {task}", "", "| model | batch | examples/s | latency (ms) | answer tokens/example |", "|---|---|---|---|---|"]
+        lines += [f"## Inference: {task}", "", "| model | batch | examples/s | latency (ms) |", "|---|---|---|---|"]
         for name in METHODS:
             for b, v in inference.get(name, {}).items():
-                if b.isdigit():
-                    lines.append(f"| {name} | {b} | {v['examples_per_second']:.1f} | {v['latency_ms']:.1f} | {inference[name]['answer_tokens_per_example']:.1f} |")
+                lines.append(f"| {name} | {b} | {v['examples_per_second']:.1f} | {v['latency_ms']:.1f} |")
         for b, r in inference["ratios"].items():
             extra = "".join(f", {k.replace('_over_', '/')} = {v:.2f}x" for k, v in r.items() if k.startswith("stepwise"))
             lines.append(f"\nBatch {b}: implicit/no-CoT = {r['implicit_over_no_cot']:.2f}x, implicit/explicit = {r['implicit_over_explicit']:.2f}x{extra}")
