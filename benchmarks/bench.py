@@ -78,16 +78,22 @@ def bench_inference(tokenizer, models, rows, args) -> dict:
     if "stepwise_cot" in models:  # `input S S answer S`: the explicit answerer with an empty CoT
         answerers["stepwise_cot"] = ExplicitCoTAnswerer(models["stepwise_cot"], tokenizer, max_new_tokens=40)
     questions = [r["input"] for r in rows]
-    out = {}
-    for name, answer in answerers.items():
-        out[name] = {}
-        for batch_size in args.batch_sizes:
-            # At least --min_examples examples per size: a handful of batch-1 rows is too noisy.
-            count = max(args.batches, math.ceil(args.min_examples / batch_size))
-            batches = [questions[i : i + batch_size] for i in range(0, len(questions), batch_size)][:count]
+    out = {name: {} for name in answerers}
+    names = list(answerers)
+    for batch_size in args.batch_sizes:
+        # At least --min_examples examples per size: a handful of batch-1 rows is too noisy.
+        count = max(args.batches, math.ceil(args.min_examples / batch_size))
+        batches = [questions[i : i + batch_size] for i in range(0, len(questions), batch_size)][:count]
+        for answer in answerers.values():
             answer(batches[0])  # warm-up
-            seconds = [median_seconds(lambda b=b: answer(b), args.repeats, warmup=0) for b in batches]
-            per_batch = statistics.median(seconds)
+        # Methods interleaved batch by batch, in an order that rotates: machine drift over
+        # the run then lands on every method alike instead of on whichever ran last.
+        seconds = {name: [] for name in names}
+        for j, batch in enumerate(batches):
+            for name in names[j % len(names) :] + names[: j % len(names)]:
+                seconds[name].append(median_seconds(lambda: answerers[name](batch), args.repeats, warmup=0))
+        for name in names:
+            per_batch = statistics.median(seconds[name])
             out[name][str(batch_size)] = {"examples_per_second": batch_size / per_batch, "latency_ms": 1000 * per_batch}
     speed = lambda name, b: out[name][b]["examples_per_second"]  # noqa: E731
     for b in map(str, args.batch_sizes):
@@ -124,17 +130,37 @@ def bench_overheads(tokenizer, models, rows, args) -> dict:
             with substitute_states(lm, positions, vectors, ids.shape[1]):
                 lm(ids, attention_mask=mask, position_ids=position_ids)
 
-        # Interleaved pairs, median of the per-pair ratio: robust to drifting machine load.
-        pairs = [(median_seconds(plain, 1, warmup=0), median_seconds(hooked, 1, warmup=0)) for _ in range(max(10 * args.repeats, 2))]
-        plain_s = statistics.median(p for p, _ in pairs)
-        hooked_s = statistics.median(h for _, h in pairs)
-        overhead = statistics.median(h / p for p, h in pairs) - 1
+        # Paired ratios in ABBA order (plain first in half the pairs, hooked first in the
+        # other half), so drift and whichever-runs-second effects cancel; each sample is
+        # several passes. The A/A pairs (plain vs plain, same protocol) give the noise floor.
+        def timed(fn):
+            started = time.perf_counter()
+            for _ in range(args.passes_per_sample):
+                fn()
+            return time.perf_counter() - started
+
+        pairs, control = [], []
+        for i in range(max(20 * args.repeats, 2)):
+            if i % 2:
+                hooked_t, plain_t = timed(hooked), timed(plain)
+            else:
+                plain_t, hooked_t = timed(plain), timed(hooked)
+            pairs.append((plain_t, hooked_t))
+            control.append(timed(plain) / timed(plain))
+        plain_s = statistics.median(p for p, _ in pairs) / args.passes_per_sample
+        hooked_s = statistics.median(h for _, h in pairs) / args.passes_per_sample
+        ratios = sorted(h / p for p, h in pairs)
+        overhead = statistics.median(ratios) - 1
+        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     return {
         "batch_size": ids.shape[0],
         "emulator_ms": 1000 * emulator_s,
         "student_prefill_plain_ms": 1000 * plain_s,
         "student_prefill_hooked_ms": 1000 * hooked_s,
         "hook_overhead_fraction": overhead,
+        "hook_overhead_interquartile": [quartiles[0] - 1, quartiles[2] - 1],
+        "hook_overhead_pairs": len(pairs),
+        "plain_vs_plain_fraction": statistics.median(control) - 1,
         "generate_total_ms": 1000 * generate_s,
     }
 
@@ -267,7 +293,9 @@ def markdown(results: dict) -> str:
     o = results["overheads"]
     lines += ["", "## Inside the implicit path", "",
               f"Batch {o['batch_size']}: emulator {o['emulator_ms']:.1f} ms, student prefill {o['student_prefill_plain_ms']:.1f} ms plain / "
-              f"{o['student_prefill_hooked_ms']:.1f} ms with hooks ({100 * o['hook_overhead_fraction']:+.1f}%), whole generate {o['generate_total_ms']:.1f} ms", "",
+              f"{o['student_prefill_hooked_ms']:.1f} ms with hooks ({100 * o['hook_overhead_fraction']:+.1f}%, interquartile "
+              f"{100 * o['hook_overhead_interquartile'][0]:+.1f}% to {100 * o['hook_overhead_interquartile'][1]:+.1f}% over {o['hook_overhead_pairs']} ABBA pairs; "
+              f"plain vs plain under the same protocol {100 * o['plain_vs_plain_fraction']:+.1f}%), whole generate {o['generate_total_ms']:.1f} ms", "",
               "## Scaling with k (untrained model of the preset's shape, batch 16)", "",
               "| k | explicit tokens | implicit tokens | explicit forward ms | implicit forward ms | explicit train step ms | implicit train step ms |",
               "|---|---|---|---|---|---|---|"]
@@ -289,6 +317,7 @@ def main(argv=None):
     parser.add_argument("--batches", type=int, default=4, help="batches timed per batch size")
     parser.add_argument("--min_examples", type=int, default=32, help="examples timed at least, per batch size")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--passes_per_sample", type=int, default=3, help="forward passes per timed sample of the hook overhead")
     parser.add_argument("--train_batch_size", type=int, default=64)
     parser.add_argument("--scaling_digits", type=int, nargs="+", default=[4, 5, 7, 9])
     parser.add_argument("--smoke", action="store_true", help="tiny random models, one repeat: checks the benchmark runs")

@@ -20,7 +20,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
 from .configuration_icot import ImplicitCoTConfig, ImplicitCoTEmulatorConfig, ImplicitCoTStudentConfig
-from .hooks import edit_layer_inputs, gather_rows, substitute_rows, substitute_states
+from .hooks import edit_layer_inputs, substitute_rows, substitute_states
 from .teacher import new_token_budget
 
 
@@ -285,8 +285,8 @@ class ImplicitCoTEmulator(ImplicitCoTPreTrainedModel):
         zeros = torch.zeros(batch, width, device=input_ids.device, dtype=self.lstm.weight_ih.dtype)
         carry = {"h": zeros, "c": zeros, "context": zeros}
 
-        def edit(layer: int, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-            z = gather_rows(hidden, positions).to(zeros.dtype)
+        def edit(layer: int, hidden: torch.Tensor, index) -> torch.Tensor:
+            z = hidden[index].to(zeros.dtype)
             prediction = self.state_mlps[layer](torch.cat([z, self._mix(z, temperature)], dim=-1))
             predictions.append(prediction)
             h, c = self.lstm(prediction + carry["context"], (carry["h"], carry["c"]))
@@ -297,7 +297,7 @@ class ImplicitCoTEmulator(ImplicitCoTPreTrainedModel):
                 weights = torch.softmax(torch.einsum("blh,bh->bl", past, self.query_proj(h)), dim=-1)
                 carry["context"] = torch.einsum("bl,blh->bh", weights, past)
             keys.append(key)
-            return substitute_rows(hidden, positions, self.out_proj(torch.cat([h, carry["context"]], dim=-1)))
+            return substitute_rows(hidden, index, self.out_proj(torch.cat([h, carry["context"]], dim=-1)))
 
         with edit_layer_inputs(self.lm, separator_positions, edit, input_ids.shape[1]):
             self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions_from_mask(attention_mask), use_cache=False)
