@@ -18,6 +18,7 @@ import json
 import math
 import statistics
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -106,6 +107,44 @@ def bench_inference(tokenizer, models, rows, args) -> dict:
     return out
 
 
+def direct_hook_seconds(hooked, repeats: int) -> float:
+    """Median time spent in the hooks' own work per hooked pass: arming and disarming the
+    hooks plus every substitution, timed from inside. End-to-end pairs on a busy 2-core
+    machine resolve a few percent at best (see the plain-vs-plain control); this does not
+    depend on that noise, though it cannot see indirect costs such as cache misses."""
+    import icot_hf.hooks as hooks
+
+    spent: list[float] = []
+    original_substitute, original_edit = hooks.substitute_rows, hooks.edit_layer_inputs
+
+    def timed_substitute(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return original_substitute(*args, **kwargs)
+        finally:
+            spent.append(time.perf_counter() - started)
+
+    @contextmanager
+    def timed_edit(*args, **kwargs):
+        started = time.perf_counter()
+        with original_edit(*args, **kwargs) as layers:
+            spent.append(time.perf_counter() - started)
+            yield layers
+            started = time.perf_counter()
+        spent.append(time.perf_counter() - started)
+
+    per_pass = []
+    hooks.substitute_rows, hooks.edit_layer_inputs = timed_substitute, timed_edit
+    try:
+        for _ in range(max(repeats, 1)):
+            spent.clear()
+            hooked()
+            per_pass.append(sum(spent))
+    finally:
+        hooks.substitute_rows, hooks.edit_layer_inputs = original_substitute, original_edit
+    return statistics.median(per_pass)
+
+
 def bench_overheads(tokenizer, models, rows, args) -> dict:
     """Emulator pass vs student prefill vs full generation; hooks vs a plain forward."""
     implicit = models["implicit_cot"]
@@ -147,6 +186,7 @@ def bench_overheads(tokenizer, models, rows, args) -> dict:
                 plain_t, hooked_t = timed(plain), timed(hooked)
             pairs.append((plain_t, hooked_t))
             control.append(timed(plain) / timed(plain))
+        direct = direct_hook_seconds(hooked, args.repeats * 10)
         plain_s = statistics.median(p for p, _ in pairs) / args.passes_per_sample
         hooked_s = statistics.median(h for _, h in pairs) / args.passes_per_sample
         ratios = sorted(h / p for p, h in pairs)
@@ -161,6 +201,8 @@ def bench_overheads(tokenizer, models, rows, args) -> dict:
         "hook_overhead_interquartile": [quartiles[0] - 1, quartiles[2] - 1],
         "hook_overhead_pairs": len(pairs),
         "plain_vs_plain_fraction": statistics.median(control) - 1,
+        "hook_direct_ms": 1000 * direct,
+        "hook_direct_fraction": direct / plain_s,
         "generate_total_ms": 1000 * generate_s,
     }
 
@@ -270,8 +312,9 @@ def check_bars(results: dict) -> list[tuple[str, float, bool]]:
         if "1" in implicit and "64" in implicit:
             gain = implicit["64"]["examples_per_second"] / implicit["1"]["examples_per_second"]
             bars.append((f"{task}: implicit batch 64 / batch 1 examples/s >= 20x", gain, gain >= 20))
-    overhead = results["overheads"]["hook_overhead_fraction"]
-    bars.append(("hook substitution cost vs a plain forward < 5%", overhead, overhead < 0.05))
+    overhead, direct = results["overheads"]["hook_overhead_fraction"], results["overheads"]["hook_direct_fraction"]
+    bars.append(("hook substitution cost vs a plain forward < 5% (end to end, paired median)", overhead, overhead < 0.05))
+    bars.append(("hook substitution cost vs a plain forward < 5% (time inside the hooks)", direct, direct < 0.05))
     return bars
 
 
@@ -295,7 +338,9 @@ def markdown(results: dict) -> str:
               f"Batch {o['batch_size']}: emulator {o['emulator_ms']:.1f} ms, student prefill {o['student_prefill_plain_ms']:.1f} ms plain / "
               f"{o['student_prefill_hooked_ms']:.1f} ms with hooks ({100 * o['hook_overhead_fraction']:+.1f}%, interquartile "
               f"{100 * o['hook_overhead_interquartile'][0]:+.1f}% to {100 * o['hook_overhead_interquartile'][1]:+.1f}% over {o['hook_overhead_pairs']} ABBA pairs; "
-              f"plain vs plain under the same protocol {100 * o['plain_vs_plain_fraction']:+.1f}%), whole generate {o['generate_total_ms']:.1f} ms", "",
+              f"plain vs plain under the same protocol {100 * o['plain_vs_plain_fraction']:+.1f}%); time inside the hooks (arming, "
+              f"disarming, substitutions) {o['hook_direct_ms']:.2f} ms = {100 * o['hook_direct_fraction']:.1f}% of the plain prefill; "
+              f"whole generate {o['generate_total_ms']:.1f} ms", "",
               "## Scaling with k (untrained model of the preset's shape, batch 16)", "",
               "| k | explicit tokens | implicit tokens | explicit forward ms | implicit forward ms | explicit train step ms | implicit train step ms |",
               "|---|---|---|---|---|---|---|"]

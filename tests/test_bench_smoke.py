@@ -14,6 +14,8 @@ def test_bench_smoke(tmp_path):
     assert set(data["training"]) == {"teacher", "mind_reading", "emulator", "coupled"}
     assert {"no_cot", "explicit_cot", "implicit_cot", "ratios"} <= set(next(iter(data["inference"].values())))
     assert "hook_overhead_fraction" in data["overheads"] and set(data["scaling"]) == {"2", "3"}
+    # The inside-the-hooks timer caught the substitutions (0 would mean its wrappers were bypassed).
+    assert 0 < data["overheads"]["hook_direct_ms"] < data["overheads"]["student_prefill_hooked_ms"]
     assert all("peak_memory_mb" in stage for stage in data["training"].values())
     assert all("implicit_train_step_ms" in row for row in data["scaling"].values())
     assert any("hook substitution" in bar["bar"] for bar in data["bars"])
