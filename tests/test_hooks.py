@@ -56,13 +56,14 @@ def test_substitution_matches_reference(tokenizer, kind, side):
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
-def test_inference_in_place_path_matches_copy_and_spares_callers_tensors(tokenizer, kind):
+@pytest.mark.parametrize("separators", [[4, 6], [6, 6]])  # per-row positions; one shared column (the slice path)
+def test_inference_in_place_path_matches_copy_and_spares_callers_tensors(tokenizer, kind, separators):
     """Without autograd, layers >= 1 are edited in place: same logits as the copying path, and
     a caller's inputs_embeds (layer 0's input for Llama) is left untouched."""
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(tiny_config(kind, tokenizer, layers=3)).eval()
     input_ids = torch.randint(3, len(tokenizer), (2, 7))
-    positions, vectors = torch.tensor([4, 6]), 3 * torch.randn(2, 3, 32)
+    positions, vectors = torch.tensor(separators), 3 * torch.randn(2, 3, 32)
     embeds = model.get_input_embeddings()(input_ids).detach()
     before = embeds.clone()
     with substitute_states(model, positions, vectors, 7):
@@ -71,6 +72,8 @@ def test_inference_in_place_path_matches_copy_and_spares_callers_tensors(tokeniz
             in_place = model(inputs_embeds=embeds).logits
     torch.testing.assert_close(in_place, copied.detach(), atol=1e-6, rtol=1e-6)
     assert torch.equal(embeds, before)
+    plain = model(inputs_embeds=embeds).logits
+    assert not torch.allclose(plain, copied)  # the substitution did something
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])

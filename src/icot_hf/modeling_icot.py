@@ -286,7 +286,7 @@ class ImplicitCoTEmulator(ImplicitCoTPreTrainedModel):
         carry = {"h": zeros, "c": zeros, "context": zeros}
 
         def edit(layer: int, hidden: torch.Tensor, index) -> torch.Tensor:
-            z = hidden[index].to(zeros.dtype)
+            z = index.gather(hidden).to(zeros.dtype)
             prediction = self.state_mlps[layer](torch.cat([z, self._mix(z, temperature)], dim=-1))
             predictions.append(prediction)
             h, c = self.lstm(prediction + carry["context"], (carry["h"], carry["c"]))
