@@ -107,8 +107,10 @@ def can_edit_in_place(layer: int) -> bool:
     to keep right) and past layer 0, whose input is the previous layer's fresh output. Layer
     0's input can be a caller's `inputs_embeds`, so it is always copied.
 
-    Why bother: profiled on the 8 x 128 4x4 model at batch 64 (2 threads), a fresh (B, T, H)
-    buffer per layer was most of the hooks' cost (+5.7% on the prefill vs +1-2% in place).
+    Why bother: profiled on the 8 x 128 4x4 model at batch 64 (2 threads), allocating and
+    filling a fresh (B, T, H) copy per layer was most of the hooks' cost; with the row index
+    reuse below, in-place edits took the time inside the hooks from 3.9% of the prefill to
+    about 2% (README, Benchmarks).
     With `output_hidden_states=True`, the recorded input of layer l >= 1 then shows the
     substituted state, as the layer saw it.
     """
