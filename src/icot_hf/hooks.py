@@ -90,11 +90,11 @@ class RowIndex:
         return hidden[self.rows, self.positions]
 
 
-def substitute_rows(hidden: torch.Tensor, index: RowIndex, vectors: torch.Tensor, in_place: bool = False) -> torch.Tensor:
-    """`hidden` (B, T, H) with hidden[b, positions[b]] = vectors[b]: a differentiable copy, or,
-    with `in_place`, written into `hidden` itself (see `can_edit_in_place`)."""
+def substitute_rows(hidden: torch.Tensor, index: RowIndex, vectors: torch.Tensor, layer: int) -> torch.Tensor:
+    """Layer `layer`'s input `hidden` (B, T, H) with hidden[b, positions[b]] = vectors[b]: a
+    differentiable copy, or written into `hidden` itself where `can_edit_in_place(layer)`."""
     vectors = vectors.to(hidden.dtype)
-    if not in_place:
+    if not can_edit_in_place(layer):
         return hidden.index_put((index.rows, index.positions), vectors)
     if index.column is not None:
         hidden[:, index.column] = vectors
@@ -171,7 +171,7 @@ def substitute_states(model: nn.Module, positions: torch.Tensor, vectors: torch.
         layer_vectors = by_layer[layer]
         if layer_vectors.shape[0] != hidden.shape[0]:
             layer_vectors = layer_vectors.repeat_interleave(hidden.shape[0] // layer_vectors.shape[0], dim=0)
-        return substitute_rows(hidden, index, layer_vectors, in_place=can_edit_in_place(layer))
+        return substitute_rows(hidden, index, layer_vectors, layer)
 
     with edit_layer_inputs(model, positions, edit, sequence_length):
         yield

@@ -20,7 +20,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
 from .configuration_icot import ImplicitCoTConfig, ImplicitCoTEmulatorConfig, ImplicitCoTStudentConfig
-from .hooks import can_edit_in_place, edit_layer_inputs, substitute_rows, substitute_states
+from .hooks import edit_layer_inputs, substitute_rows, substitute_states
 from .teacher import new_token_budget
 
 
@@ -297,7 +297,7 @@ class ImplicitCoTEmulator(ImplicitCoTPreTrainedModel):
                 weights = torch.softmax(torch.einsum("blh,bh->bl", past, self.query_proj(h)), dim=-1)
                 carry["context"] = torch.einsum("bl,blh->bh", weights, past)
             keys.append(key)
-            return substitute_rows(hidden, index, self.out_proj(torch.cat([h, carry["context"]], dim=-1)), in_place=can_edit_in_place(layer))
+            return substitute_rows(hidden, index, self.out_proj(torch.cat([h, carry["context"]], dim=-1)), layer)
 
         with edit_layer_inputs(self.lm, separator_positions, edit, input_ids.shape[1]):
             self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions_from_mask(attention_mask), use_cache=False)
