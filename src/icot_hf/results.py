@@ -41,19 +41,25 @@ def plot_accuracy_vs_throughput(results: dict, path: str | os.PathLike) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     names = list(results["evaluations"])
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
     for ax, eval_name in zip(axes[0], names):
         for key, entry in results["evaluations"][eval_name].items():
             speed = entry["throughput"].get("1") or next(iter(entry["throughput"].values()))
-            ax.scatter(speed, 100 * entry["accuracy"], s=60)
-            ax.annotate(METHOD_NAMES.get(key, key), (speed, 100 * entry["accuracy"]), textcoords="offset points", xytext=(6, 4))
+            ax.scatter(speed, 100 * entry["accuracy"], s=60, label=METHOD_NAMES.get(key, key))
+        # A legend, not text beside each point: methods at the same accuracy and similar speed
+        # (the implicit and no-CoT models often are) would print their names over each other.
+        ax.legend(loc="center right", fontsize="small")
         ax.set_xscale("log")
+        plain = FuncFormatter(lambda value, _: f"{value:g}")  # 3, 40, 200: not 3x10^0
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
         ax.set_xlabel("examples/s at batch 1 (log)")
         ax.set_ylabel("exact match (%)")
         ax.set_ylim(-5, 105)
-        ax.set_title(eval_name)
+        ax.set_title("/".join(Path(eval_name).parts[-2:]) if "/" in eval_name else eval_name)  # a file: its last two parts
         ax.grid(alpha=0.3)
     fig.suptitle(f"{results.get('task', '')}: accuracy vs speed")
     fig.tight_layout()

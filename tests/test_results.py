@@ -1,0 +1,41 @@
+"""The results writer: the Markdown table and the accuracy-vs-speed plot."""
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+from matplotlib import pyplot as plt
+
+from icot_hf.results import markdown_table, write_results
+
+RESULTS = {
+    "task": "4x4_mult",
+    "evaluations": {
+        "../data/4_by_4_mult/test_bigbench.txt": {
+            "no_cot": {"accuracy": 0.0, "num_examples": 10, "throughput": {"1": 7.3, "64": 235.2}},
+            "explicit_cot": {"accuracy": 1.0, "num_examples": 10, "throughput": {"1": 1.2, "64": 34.2}},
+            "implicit_cot": {"accuracy": 0.0, "num_examples": 10, "throughput": {"1": 6.1, "64": 141.8}},
+        }
+    },
+}
+
+
+def test_table_has_speedup_against_the_teacher():
+    table = markdown_table(RESULTS)
+    assert "| Implicit CoT (ICoT-KD) | 0.0% (10) | 6.1 | 141.8 | 5.08x |" in table
+    assert "| Explicit CoT (teacher) | 100.0% (10) | 1.2 | 34.2 | 1.00x |" in table
+
+
+def test_plot_names_every_method_once_in_a_legend(tmp_path, monkeypatch):
+    # Two methods at the same accuracy and similar speed: named in a legend, never as overlapping text.
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    paths = write_results(RESULTS, tmp_path)
+    (figure,) = figures
+    (axes,) = figure.axes
+    assert [t.get_text() for t in axes.get_legend().get_texts()] == ["No CoT", "Explicit CoT (teacher)", "Implicit CoT (ICoT-KD)"]
+    assert not axes.texts
+    assert axes.get_title() == "4_by_4_mult/test_bigbench.txt"
+    assert json.loads(paths["json"].read_text()) == RESULTS
+    assert paths["plot"].stat().st_size > 1000
