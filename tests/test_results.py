@@ -32,7 +32,9 @@ def test_plot_names_every_method_once_in_a_legend(tmp_path, monkeypatch):
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)
     paths = write_results(RESULTS, tmp_path)
+    monkeypatch.undo()
     (figure,) = figures
+    plt.close(figure)  # the artists stay readable after closing; only pyplot's registry lets go
     (axes,) = figure.axes
     assert [t.get_text() for t in axes.get_legend().get_texts()] == ["No CoT", "Explicit CoT (teacher)", "Implicit CoT (ICoT-KD)"]
     assert not axes.texts
