@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The paper's pipeline end to end for one task:
 #   data -> teacher -> (mind-reading student, thought emulator) -> coupled -> evaluation
-# plus a no-CoT baseline of the teacher's size and example budget.
+# plus ICoT-SI from the same teacher and a no-CoT baseline of the teacher's size and example
+# budget, then the results table and the learning curves (results/$TASK/).
 # Every stage is skipped when its finished model exists (training_complete.json), and an
 # interrupted stage resumes from its last checkpoint, so re-running continues the run.
 #
@@ -9,8 +10,11 @@
 #       bash scripts/reproduce.sh
 #
 # Paths in the YAML configs (data, outputs) are relative to the current directory.
-# METHODS lists the implicit methods to train and evaluate: "kd" (the paper's distillation,
-# the default) and/or "stepwise" (ICoT-SI from the same teacher), e.g. METHODS="kd stepwise".
+# METHODS lists the implicit methods to train and evaluate: "kd" (the paper's distillation)
+# and/or "stepwise" (ICoT-SI from the same teacher); default both.
+# LANES=2 (the default on a machine with 2+ cores) trains ICoT-SI in one process and the
+# no-CoT baseline and ICoT-KD stages in another, each on half the cores, after the teacher;
+# the second lane's output goes to its logs/ files only. LANES=1 runs everything in turn.
 # CONFIGS, OUT, RESULTS, PY, ACCELERATE and ACCELERATE_CONFIG can be overridden.
 # The whole body is one { ... } block: bash reads it completely before running it, so editing
 # this file during a long run cannot change what the run executes.
@@ -26,7 +30,9 @@ DEFAULT_LAUNCH=cpu
 [ "$PRESET" = cpu ] || DEFAULT_LAUNCH=gpu  # the paper presets train in bf16 on a GPU
 ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-$REPO/recipes/accelerate_configs/$DEFAULT_LAUNCH.yaml}
 EXTRA_ARGS=${EXTRA_ARGS:-}
-METHODS=${METHODS:-kd}
+METHODS=${METHODS:-kd stepwise}
+CORES=$(nproc 2>/dev/null || echo 1)
+LANES=${LANES:-$([ "$CORES" -ge 2 ] && [ "$PRESET" = cpu ] && echo 2 || echo 1)}
 for method in $METHODS; do
   case $method in kd|stepwise) ;; *) echo "reproduce: unknown method '$method' in METHODS (use kd and/or stepwise)"; exit 2;; esac
 done
@@ -45,8 +51,13 @@ timed() {  # timed NAME COMMAND...: run, log to logs/, and record the wall time
   local name=$1; shift
   local t0; t0=$(date +%s)
   echo "==> [$TASK] $name  ($(date +%H:%M:%S))"
-  "$@" 2>&1 | tee "logs/${TASK}_${name}.log"
+  if [ -n "${QUIET:-}" ]; then
+    "$@" > "logs/${TASK}_${name}.log" 2>&1 || { echo "==> [$TASK] $name FAILED: see logs/${TASK}_${name}.log"; tail -n 20 "logs/${TASK}_${name}.log"; return 1; }
+  else
+    "$@" 2>&1 | tee "logs/${TASK}_${name}.log" || return 1
+  fi
   echo "$name $(( $(date +%s) - t0 ))" >> "$RESULTS/stage_seconds.txt"
+  [ -z "${QUIET:-}" ] || echo "==> [$TASK] $name finished in $(( $(date +%s) - t0 )) s"
 }
 
 stage() {  # stage NAME RECIPE CONFIG OUTPUT_DIR [extra args]
@@ -82,22 +93,42 @@ if [ -f "$CONFIGS/tokenizer.yaml" ]; then
   fi
 fi
 
-# 2. teacher and no-CoT baseline
+# 2. the explicit-CoT teacher (all cores)
 stage teacher teacher teacher "$OUT/teacher"
-stage no_cot teacher no_cot "$OUT/no_cot"
-# 3. distillation stages, 4. couple and optimize (ICoT-KD)
+
+# 3. two lanes after the teacher: ICoT-SI | no-CoT baseline, then ICoT-KD's stages
 models=(--no_cot_model "$OUT/no_cot" --teacher_model "$OUT/teacher")
-if wants kd; then
-  stage mind_reading mind_reading mind_reading "$OUT/mind_reading" --teacher_name_or_path "$OUT/teacher"
-  stage emulator emulator emulator "$OUT/emulator" --teacher_name_or_path "$OUT/teacher"
-  stage coupled couple couple "$OUT/coupled" --student_name_or_path "$OUT/mind_reading" --emulator_name_or_path "$OUT/emulator"
-  models+=(--implicit_model "$OUT/coupled")
-fi
-# 3'. stepwise internalization (ICoT-SI) from the same teacher
+curves=(teacher="$OUT/teacher" no_cot="$OUT/no_cot")
 if wants stepwise; then
   [ -f "$CONFIGS/stepwise.yaml" ] || { echo "reproduce: METHODS has stepwise but $CONFIGS/stepwise.yaml is missing"; exit 2; }
-  stage stepwise stepwise stepwise "$OUT/stepwise" --teacher_name_or_path "$OUT/teacher"
   models+=(--stepwise_model "$OUT/stepwise")
+  curves+=(stepwise="$OUT/stepwise")
+fi
+if wants kd; then
+  models+=(--implicit_model "$OUT/coupled")
+  curves+=(mind_reading="$OUT/mind_reading" emulator="$OUT/emulator" coupled="$OUT/coupled")
+fi
+stepwise_lane() {
+  if wants stepwise; then stage stepwise stepwise stepwise "$OUT/stepwise" --teacher_name_or_path "$OUT/teacher"; fi
+}
+baseline_and_kd_lane() {
+  stage no_cot teacher no_cot "$OUT/no_cot"
+  if wants kd; then
+    stage mind_reading mind_reading mind_reading "$OUT/mind_reading" --teacher_name_or_path "$OUT/teacher"
+    stage emulator emulator emulator "$OUT/emulator" --teacher_name_or_path "$OUT/teacher"
+    stage coupled couple couple "$OUT/coupled" --student_name_or_path "$OUT/mind_reading" --emulator_name_or_path "$OUT/emulator"
+  fi
+}
+if [ "$LANES" -ge 2 ] && wants stepwise; then
+  threads=$(( CORES / 2 > 0 ? CORES / 2 : 1 ))
+  echo "==> [$TASK] two lanes, $threads thread(s) each: ICoT-SI here; no-CoT and ICoT-KD in logs/${TASK}_*.log"
+  ( export OMP_NUM_THREADS=$threads QUIET=1; baseline_and_kd_lane ) &
+  other=$!
+  OMP_NUM_THREADS=$threads stepwise_lane || { kill "$other" 2>/dev/null; wait "$other" 2>/dev/null; exit 1; }
+  wait "$other" || { echo "reproduce: the no-CoT / ICoT-KD lane failed"; exit 1; }
+else
+  baseline_and_kd_lane
+  stepwise_lane
 fi
 
 # 5. evaluation
@@ -106,6 +137,8 @@ tests=()
 timed evaluate "$PY" "$REPO/recipes/evaluate_models.py" --task "$TASK" --dataset_name_or_path "$DATA" --split test "${tests[@]}" \
   "${models[@]}" \
   --output_dir "$RESULTS" ${EVAL_ARGS:-}
+# 6. learning curves of every stage (examples seen -> validation exact match, token accuracy)
+"$PY" -m icot_hf.curves --output_dir "$RESULTS" --title "$TASK" "${curves[@]}"
 echo "==> [$TASK] finished in $(( $(date +%s) - STARTED )) s; results in $RESULTS/"
 exit 0
 }

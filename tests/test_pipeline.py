@@ -29,6 +29,14 @@ def test_reproduce_pipeline_end_to_end(tmp_path):
     assert (tmp_path / "results" / "tiny" / "accuracy_vs_throughput.png").stat().st_size > 1000
     table = (tmp_path / "results" / "tiny" / "results.md").read_text()
     assert "| Implicit CoT (ICoT-KD) |" in table and "| Implicit CoT (ICoT-SI, stepwise) |" in table
+    curves = json.loads((tmp_path / "results" / "tiny" / "learning_curves.json").read_text())
+    assert set(curves) == {"teacher", "no_cot", "mind_reading", "emulator", "coupled", "stepwise"}
+    stepwise = curves["stepwise"]
+    assert [p["step"] for p in stepwise["evaluations"]][:2] == [10, 20] and stepwise["examples_per_step"] == 32
+    assert stepwise["advances"] and all(a["reason"] in ("gate", "cap") for a in stepwise["advances"])
+    assert stepwise["gate_checks"][0]["step"] == 2
+    assert (tmp_path / "results" / "tiny" / "learning_curves.png").stat().st_size > 1000
+    assert "### ICoT-SI" in (tmp_path / "results" / "tiny" / "learning_curves.md").read_text()
     config = json.loads((tmp_path / "outputs" / "tiny" / "coupled" / "config.json").read_text())
     assert config["model_type"] == "icot" and config["student"]["base_config"]["model_type"] == "gpt2"
     # A second run finds every stage finished and only re-evaluates.

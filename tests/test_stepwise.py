@@ -79,3 +79,164 @@ def test_resume_mid_schedule_continues_at_the_same_position(tmp_path, tokenizer)
 def test_config_validation(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         config(tmp_path, **kwargs)
+
+
+def reference_counter_schedule(steps: int, steps_per_removed_token: int) -> list[int]:
+    """The released code's loop (Internalize_CoT_Step_by_Step, src/train.py), restated: a
+    counter that removes one token when it reaches steps_per_removed_token, then restarts."""
+    scheduled, counter, out = 0, 0, []
+    for _ in range(steps):
+        if counter == steps_per_removed_token:
+            scheduled, counter = scheduled + 1, 0
+        else:
+            counter += 1
+        out.append(scheduled)
+    return out
+
+
+@pytest.mark.parametrize("interval", [1, 3, 3156])
+def test_reference_schedule_removes_one_token_at_the_reference_steps(tmp_path, interval):
+    args = config(tmp_path, removal_schedule="reference", remove_per_stage=1, removal_interval_steps=interval)
+    steps = 4 * (interval + 1) + 3
+    assert [schedule_stage(step, 10, args) for step in range(steps)] == reference_counter_schedule(steps, interval)
+    if interval == 3156:  # 4x4 at batch 32: the first removal trains at step 3156 (0-based), the second at 6313
+        assert schedule_stage(3155, 10, args) == 0 and schedule_stage(3156, 10, args) == 1
+        assert schedule_stage(6312, 10, args) == 1 and schedule_stage(6313, 10, args) == 2
+
+
+def make_trainer(tmp_path, tokenizer, data, eval_data=None, **kwargs):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("gpt2", tokenizer))
+    args = config(tmp_path, seed=1, lr_scheduler_type="constant", **kwargs)
+    return StepwiseInternalizationTrainer(model=model, args=args, data_collator=ICoTCollator(tokenizer.pad_token_id, views=("explicit",)),
+                                          train_dataset=data, eval_dataset=eval_data, processing_class=tokenizer,
+                                          separator_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+
+
+def test_optimizer_resets_while_cot_remains_and_never_after(tmp_path, tokenizer):
+    data = tokenize_dataset(multiplication_dataset(2, 64, seed=3), tokenizer, views=("explicit",))
+    cot = data[0]["explicit_separators"][1] - data[0]["explicit_separators"][0] - 1  # 2x2: every CoT has the same length
+    trainer = make_trainer(tmp_path, tokenizer, data, max_steps=2 * cot + 6, remove_per_stage=1, removal_schedule="reference",
+                           removal_interval_steps=1, reset_optimizer=True)
+    assert trainer.longest_cot() == cot
+    resets, original = [], trainer.training_step
+
+    def spy(model, inputs, num_items_in_batch=None):
+        loss = original(model, inputs, num_items_in_batch)  # a reset clears the state before this step's update
+        state = getattr(trainer.optimizer, "optimizer", trainer.optimizer).state
+        if trainer.state.global_step > 0 and len(state) == 0:
+            resets.append(trainer.current_stage())
+        return loss
+
+    trainer.training_step = spy
+    trainer.train()
+    # A stage every 2 steps; a reset at each stage change up to the one that removes the last
+    # CoT token (stage `cot`); the stage changes after it no longer touch the optimizer.
+    assert trainer.current_stage() > cot + 1
+    assert resets == list(range(1, cot + 1))
+
+
+class FakeScores:
+    def __init__(self, values):
+        self.values, self.calls = list(values), []
+
+    def __call__(self, stage):
+        self.calls.append(stage)
+        value = self.values.pop(0)
+        return {"sequence_accuracy": value, "token_accuracy": value}
+
+
+def test_gate_advances_only_when_it_passes_or_at_the_cap(tmp_path, tokenizer):
+    data = tokenize_dataset(multiplication_dataset(2, 32, seed=4), tokenizer, views=("explicit",))
+    trainer = make_trainer(tmp_path, tokenizer, data, eval_data=data, removal_schedule="gated", remove_per_stage=2,
+                           removal_start_stage=1, gate_every_steps=5, max_stage_steps=12, gate_threshold=0.9)
+    trainer.gate_scores = FakeScores([0.5, 0.95, 0.1, 0.2, 0.3, 0.99])
+    stages = []
+    for step in range(1, 31):
+        trainer.state.global_step = step
+        trainer.check_gate()
+        stages.append(trainer.schedule.stage)
+    # checks at steps 5 (0.5: stay), 10 (0.95: advance); then stage 2 from step 10: checks at 15 (0.1),
+    # 20 (0.2), cap at 22 (0.3: advance anyway); stage 3 from 22: check at 27 (0.99: advance).
+    assert trainer.gate_scores.calls == [1, 1, 2, 2, 2, 3]
+    assert stages.index(2) + 1 == 10 and stages.index(3) + 1 == 22 and stages.index(4) + 1 == 27
+    assert [(a["step"], a["reason"]) for a in trainer.schedule.advances] == [(10, "gate"), (22, "cap"), (27, "gate")]
+
+
+def test_gate_stops_advancing_once_the_cot_is_gone(tmp_path, tokenizer):
+    data = tokenize_dataset(multiplication_dataset(2, 32, seed=4), tokenizer, views=("explicit",))
+    trainer = make_trainer(tmp_path, tokenizer, data, eval_data=data, removal_schedule="gated", remove_per_stage=100, gate_every_steps=1)
+    trainer.gate_scores = FakeScores([1.0] * 10)
+    for step in range(1, 6):
+        trainer.state.global_step = step
+        trainer.check_gate()
+    assert trainer.schedule.stage == 1 and trainer.fully_removed(1)
+
+
+def test_gate_scores_are_teacher_forced_accuracy_at_the_stage(tmp_path, tokenizer):
+    data = tokenize_dataset(multiplication_dataset(2, 16, seed=5), tokenizer, views=("explicit",))
+    trainer = make_trainer(tmp_path, tokenizer, data, eval_data=data, removal_schedule="gated", gate_samples=16)
+    batch = ICoTCollator(tokenizer.pad_token_id, views=("explicit",))(data.to_list())
+    ids, mask, labels, _ = remove_cot_tokens(batch["explicit_input_ids"], batch["explicit_attention_mask"], batch["explicit_separators"], torch.full((16,), 8), tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = trainer.model(input_ids=ids, attention_mask=mask).logits
+    predicted, target = logits[:, :-1].argmax(-1), labels[:, 1:]
+    rows = [all(predicted[r, t] == target[r, t] for t in range(target.shape[1]) if target[r, t] != -100) for r in range(16)]
+    scores = trainer.gate_scores(1)
+    assert scores["token_accuracy"] == pytest.approx(float((predicted == target)[target != -100].float().mean()))
+    assert scores["sequence_accuracy"] == pytest.approx(sum(rows) / 16)
+
+
+def train_gated(tmp_path, tokenizer, data, max_steps, resume=None):
+    trainer = make_trainer(tmp_path, tokenizer, data, eval_data=data.select(range(32)), max_steps=max_steps, removal_schedule="gated",
+                           remove_per_stage=2, gate_metric="token_accuracy", gate_threshold=0.3, gate_every_steps=2, max_stage_steps=4,
+                           gate_samples=32, save_strategy="steps", save_steps=7, learning_rate=3e-3)
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+def test_gated_resume_mid_stage_gives_the_same_schedule(tmp_path, tokenizer):
+    data = tokenize_dataset(multiplication_dataset(2, 200, seed=2), tokenizer, views=("explicit",))
+    full = train_gated(tmp_path / "full", tokenizer, data, max_steps=16)
+    assert len(full.schedule.advances) >= 2  # the schedule moved mid-run, so the resume crosses advances
+    train_gated(tmp_path / "cut", tokenizer, data, max_steps=7)
+    resumed = train_gated(tmp_path / "cut", tokenizer, data, max_steps=16, resume=str(tmp_path / "cut" / "checkpoint-7"))
+    assert resumed.schedule.advances == full.schedule.advances
+    assert (resumed.schedule.stage, resumed.schedule.stage_start_step) == (full.schedule.stage, full.schedule.stage_start_step)
+    removed = lambda t: [e["removed_tokens"] for e in t.state.log_history if "removed_tokens" in e]  # noqa: E731
+    assert removed(resumed)[-9:] == removed(full)[-9:]
+
+
+def test_best_fully_removed_evaluation_is_kept_and_restored(tmp_path, tokenizer):
+    from icot_hf.curves import learning_curve
+
+    data = tokenize_dataset(multiplication_dataset(2, 64, seed=6), tokenizer, views=("explicit",))
+    trainer = make_trainer(tmp_path, tokenizer, data, eval_data=data.select(range(8)), max_steps=14, removal_schedule="fixed",
+                           removal_unit="steps", removal_interval_steps=4, remove_per_stage=4, eval_strategy="steps",
+                           eval_steps=2, eval_exact_match_samples=8, learning_rate=3e-3)
+    # Stage = step // 4 (x 4 tokens; a 2x2 CoT is 8): step index 8 on trains fully removed, so the
+    # evaluations after steps 10, 12, 14 are fully removed. They score as below; the best before
+    # full removal (0.9 after step 4) must not count.
+    scores = iter([0.1, 0.9, 0.2, 0.3, 0.5, 0.6, 0.4])
+    trainer.exact_match = lambda dataset, limit: next(scores)
+    snapshots = {}
+    original = trainer._save_best
+
+    def spy(score):
+        snapshots[trainer.state.global_step] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        original(score)
+
+    trainer._save_best = spy
+    trainer.train()
+    assert (trainer.schedule.best_step, trainer.schedule.best_exact_match) == (12, 0.6)
+    assert sorted(snapshots) == [10, 12]  # step 10 is the first fully removed evaluation, 12 beats it
+    final = trainer.model.state_dict()
+    assert all(torch.equal(final[k], snapshots[12][k]) for k in final)
+    assert not all(torch.equal(final[k], snapshots[10][k]) for k in final)
+    assert (tmp_path / "best_fully_removed" / "best.json").is_file()
+    curve = learning_curve(trainer)
+    assert [p["step"] for p in curve["evaluations"]] == [2, 4, 6, 8, 10, 12, 14]
+    assert [p["exact_match"] for p in curve["evaluations"]] == [0.1, 0.9, 0.2, 0.3, 0.5, 0.6, 0.4]
+    assert [p["fully_removed"] for p in curve["evaluations"]] == [0, 0, 0, 0, 1, 1, 1]
+    assert [p["removal_stage"] for p in curve["evaluations"]] == [0, 0, 1, 1, 2, 2, 3]
+    assert curve["evaluations"][0]["examples"] == 16 and curve["best_fully_removed"] == {"step": 12, "exact_match": 0.6}

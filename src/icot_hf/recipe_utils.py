@@ -20,6 +20,7 @@ import yaml
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
 from transformers.trainer_utils import get_last_checkpoint
 
+from .curves import write_learning_curve
 from .data import ICoTCollator, load_icot_dataset, model_context_length, tokenize_dataset
 from .tokenization import build_digit_tokenizer, separator_token_id
 
@@ -210,5 +211,6 @@ def train_and_save(trainer, training_args) -> dict:
     trainer.log_metrics("final", metrics)
     trainer.save_metrics("final", metrics)
     if trainer.is_world_process_zero():
+        write_learning_curve(trainer, training_args.output_dir)
         mark_complete(training_args.output_dir, metrics)
     return metrics

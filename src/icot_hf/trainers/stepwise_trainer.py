@@ -1,27 +1,52 @@
 """Stepwise internalization: remove CoT tokens from the front of the chain of thought as
 training proceeds. The model stays a plain causal LM; inference is `generate` on `input S`.
 
-Schedule: at stage s (removal_start_stage + epoch, or + optimizer step // interval), `s * remove_per_stage`
-leading CoT tokens are removed from every example, plus a per-example smoothing offset
-o in [0, max_removal_offset] with P(o) proportional to exp(-lambda * o). Removal happens
-on the collated batch inside the training step (vectorised), and both the stage and the
-offsets are functions of the trainer's global step, so a run resumed from a checkpoint
-continues at the same schedule position with the same draws.
+At stage s, `s * remove_per_stage` leading CoT tokens are removed from every example, plus
+a per-example smoothing offset o in [0, max_removal_offset] with P(o) ~ exp(-lambda * o).
+Removal happens on the collated batch inside the training step (vectorised). How s moves
+is the schedule (`removal_schedule`):
+
+- fixed and reference: s is a function of the global step, so a resumed run continues at
+  the same position;
+- gated: s advances when a gate on validation data passes (or the stage's step cap is
+  hit), so the schedule follows the model rather than the calendar. The stage, the step
+  it began and the history of advances live in a `RemovalSchedule` that each checkpoint
+  saves in its trainer_state.json and a resumed run restores.
+
+The smoothing draws are seeded by (seed, global step) in every schedule. While chain of
+thought remains, each advance resets the optimizer (reset_optimizer); once it is fully
+removed, no more resets, and the evaluation with the best exact match is kept.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
+import shutil
 
+import numpy as np
 import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from ..teacher import cut_after_separators, generation_kwargs, new_token_budget
 from .base import ICoTTrainer, token_accuracy
 from .stepwise_config import StepwiseInternalizationConfig
 from .teacher_trainer import implicit_prompts
 
+logger = logging.getLogger(__name__)
+BEST_DIR = "best_fully_removed"
+
 
 def schedule_stage(global_step: int, steps_per_epoch: int, args: StepwiseInternalizationConfig) -> int:
+    """Stage of the step-driven schedules (fixed, reference) before optimizer step `global_step`."""
+    if args.removal_schedule == "reference":
+        # The released code counts steps and removes when the counter reaches
+        # steps_per_removed_token, then restarts the count: removals after steps
+        # n, 2n + 1, 3n + 2, ... (0-based), i.e. every n + 1 steps.
+        return args.removal_start_stage + (global_step + 1) // (args.removal_interval_steps + 1)
     if args.removal_unit == "steps":
         return args.removal_start_stage + global_step // args.removal_interval_steps
     return args.removal_start_stage + global_step // max(steps_per_epoch, 1)
@@ -52,6 +77,41 @@ def remove_cot_tokens(input_ids, attention_mask, separators, removed, pad_token_
     return ids, keep.long(), labels, new_separators
 
 
+def teacher_forced_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: labelled tokens predicted right, and labelled tokens (labels unshifted)."""
+    target = labels[:, 1:]
+    mask = target != -100
+    right = (logits[:, :-1].argmax(-1) == target) & mask
+    return right.sum(1), mask.sum(1)
+
+
+class RemovalSchedule(TrainerCallback, ExportableState):
+    """Where the schedule stands: the stage, the step it began, every advance so far, and
+    the best fully-removed evaluation. Saved in each checkpoint's trainer_state.json
+    (stateful_callbacks) and restored by the trainer on resume; `on_step_end` lets a gated
+    trainer check its gate after each optimizer step."""
+
+    def __init__(self, stage: int = 0, stage_start_step: int = 0):
+        self.stage = stage
+        self.stage_start_step = stage_start_step
+        self.advances: list[dict] = []
+        self.best_exact_match: float | None = None
+        self.best_step: int | None = None
+        self.trainer = None
+
+    def state(self) -> dict:
+        attributes = {k: getattr(self, k) for k in ("stage", "stage_start_step", "advances", "best_exact_match", "best_step")}
+        return {"args": {}, "attributes": attributes}
+
+    def restore(self, saved: dict) -> None:
+        for key, value in saved.get("attributes", {}).items():
+            setattr(self, key, value)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.trainer is not None and args.removal_schedule == "gated":
+            self.trainer.check_gate()
+
+
 class StepwiseInternalizationTrainer(ICoTTrainer):
     """Trains a plain causal LM while internalising its chain of thought step by step."""
 
@@ -59,19 +119,41 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
         if kwargs.get("args") is not None and not isinstance(kwargs["args"], StepwiseInternalizationConfig):
             raise TypeError("StepwiseInternalizationTrainer expects args=StepwiseInternalizationConfig(...)")
         super().__init__(*args, **kwargs)
+        if self.args.removal_schedule == "gated" and self.eval_dataset is None:
+            raise ValueError("removal_schedule 'gated' measures its gate on validation data: pass eval_dataset "
+                             "(recipes: a dataset with a 'valid' split, or eval_split)")
         self.separator_id = separator_id
         self.pad_token_id = pad_token_id
-        self._stage = None
+        self.schedule = RemovalSchedule(stage=self.args.removal_start_stage)
+        self.schedule.trainer = self
+        self.add_callback(self.schedule)
+        self._stage = None  # the stage of the last training step
+        self._gate_batches = None
+        self._cot_length = None
+
+    # ------------------------------------------------------------------ the schedule
 
     def steps_per_epoch(self) -> int:
         batches = math.ceil(len(self.train_dataset) / (self.args.train_batch_size * max(self.args.world_size, 1)))
         return max(batches // self.args.gradient_accumulation_steps, 1)
 
     def current_stage(self, step: int | None = None) -> int:
+        if self.args.removal_schedule == "gated":
+            return self.schedule.stage
         return schedule_stage(self.state.global_step if step is None else step, self.steps_per_epoch(), self.args)
 
     def scheduled_removal(self, step: int | None = None) -> int:
         return self.current_stage(step) * self.args.remove_per_stage
+
+    def longest_cot(self) -> int:
+        """Tokens in the longest chain of thought of the training set: past it, all CoT is gone."""
+        if self._cot_length is None:
+            separators = np.asarray(self.train_dataset["explicit_separators"])
+            self._cot_length = int((separators[:, 1] - separators[:, 0] - 1).max())
+        return self._cot_length
+
+    def fully_removed(self, stage: int) -> bool:
+        return stage * self.args.remove_per_stage >= self.longest_cot()
 
     def removal_for_batch(self, batch_size: int) -> torch.Tensor:
         """Scheduled count plus smoothing offsets, seeded by (seed, global step): resumable."""
@@ -82,20 +164,146 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         stage = self.current_stage()
         if stage != self._stage:
-            if self._stage is not None and self.args.reset_optimizer and self.optimizer is not None:
+            previous = self._stage if self._stage is not None else self._resumed_stage(stage)
+            if previous != stage and self.args.reset_optimizer and self.optimizer is not None and not self.fully_removed(previous):
                 getattr(self.optimizer, "optimizer", self.optimizer).state.clear()
             self._stage = stage
         return super().training_step(model, inputs, num_items_in_batch)
 
+    def _resumed_stage(self, stage: int) -> int:
+        """After a resume, the stage of the step before: a stage that starts exactly at the
+        resumed step still resets the optimizer, as it would have without the interruption."""
+        if self.state.global_step == 0:
+            return stage
+        if self.args.removal_schedule == "gated":
+            return stage - 1 if self.schedule.stage_start_step == self.state.global_step and stage > self.args.removal_start_stage else stage
+        return self.current_stage(self.state.global_step - 1)
+
+    # ------------------------------------------------------------------ the gate
+
+    def gate_batches(self) -> list[dict[str, torch.Tensor]]:
+        """The first gate_samples validation examples, collated once."""
+        if self._gate_batches is None:
+            subset = self.eval_dataset.select(range(min(self.args.gate_samples, len(self.eval_dataset))))
+            size = self.args.per_device_eval_batch_size
+            rows = [subset[i] for i in range(len(subset))]
+            self._gate_batches = [self.data_collator(rows[i : i + size]) for i in range(0, len(rows), size)]
+        return self._gate_batches
+
+    @torch.no_grad()
+    def gate_scores(self, stage: int) -> dict[str, float]:
+        """Teacher-forced accuracy on the gate examples with `stage`'s removal, no smoothing."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        right_rows = right_tokens = tokens = rows = 0
+        for batch in self.gate_batches():
+            batch = {k: v.to(self.args.device) for k, v in batch.items()}
+            removed = torch.full((batch["explicit_input_ids"].shape[0],), stage * self.args.remove_per_stage)
+            ids, mask, labels, _ = remove_cot_tokens(batch["explicit_input_ids"], batch["explicit_attention_mask"], batch["explicit_separators"], removed, self.pad_token_id)
+            right, total = teacher_forced_accuracy(model(input_ids=ids, attention_mask=mask).logits, labels)
+            right_rows += int((right == total).sum())
+            right_tokens += int(right.sum())
+            tokens += int(total.sum())
+            rows += len(total)
+        model.train(was_training)
+        return {"sequence_accuracy": right_rows / max(rows, 1), "token_accuracy": right_tokens / max(tokens, 1)}
+
+    def check_gate(self) -> None:
+        """After an optimizer step: every gate_every_steps steps of a stage (and at its cap),
+        measure the gate; advance when it passes or the cap is hit. A fully removed stage is
+        the last one: it trains until max_steps."""
+        schedule, step = self.schedule, self.state.global_step
+        in_stage = step - schedule.stage_start_step
+        if self.fully_removed(schedule.stage):
+            return
+        capped = in_stage >= self.args.max_stage_steps
+        if in_stage % self.args.gate_every_steps != 0 and not capped:
+            return
+        scores = self.gate_scores(schedule.stage)
+        value = scores[self.args.gate_metric]
+        passed = value >= self.args.gate_threshold
+        self.log({"eval_gate_" + k: v for k, v in scores.items()} | {"eval_gate_removal_stage": float(schedule.stage)})
+        if passed or capped:
+            schedule.advances.append({"step": step, "from_stage": schedule.stage, "removed_tokens": schedule.stage * self.args.remove_per_stage,
+                                      "steps_in_stage": in_stage, "reason": "gate" if passed else "cap", self.args.gate_metric: value})
+            logger.info("stepwise: stage %d -> %d at step %d after %d steps (%s %s = %.3f)", schedule.stage, schedule.stage + 1, step,
+                        in_stage, "passed," if passed else "cap hit,", self.args.gate_metric, value)
+            schedule.stage += 1
+            schedule.stage_start_step = step
+
+    # ------------------------------------------------------------------ loss, evaluation, best model
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
             removed = self.removal_for_batch(inputs["explicit_input_ids"].shape[0])
-        else:  # evaluate at the removal of the last trained step (evaluation runs after it), no smoothing
-            removed = torch.full((inputs["explicit_input_ids"].shape[0],), self.scheduled_removal(max(self.state.global_step - 1, 0)))
+        else:  # evaluate at the removal the last training step used, no smoothing
+            removed = torch.full((inputs["explicit_input_ids"].shape[0],), self.evaluated_stage() * self.args.remove_per_stage)
         ids, mask, labels, _ = remove_cot_tokens(inputs["explicit_input_ids"], inputs["explicit_attention_mask"], inputs["explicit_separators"], removed, self.pad_token_id)
         outputs = model(input_ids=ids, attention_mask=mask, labels=labels)
         self.record(token_accuracy=token_accuracy(outputs.logits.detach(), labels), removed_tokens=float(removed.float().mean()))
         return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def evaluated_stage(self) -> int:
+        if self._stage is not None:
+            return self._stage
+        return self.current_stage(max(self.state.global_step - 1, 0))
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        stage = self.evaluated_stage()
+        fully_removed = self.fully_removed(stage)
+        self.log({f"{metric_key_prefix}_removal_stage": float(stage), f"{metric_key_prefix}_fully_removed": float(fully_removed)})
+        score = metrics.get(f"{metric_key_prefix}_exact_match")
+        best = self.schedule.best_exact_match
+        if (self.args.keep_best_fully_removed and eval_dataset is None and fully_removed and score is not None
+                and self.state.global_step > 0 and (best is None or score > best)):
+            self._save_best(score)
+        return metrics
+
+    def _save_best(self, score: float) -> None:
+        """Write the new best fully-removed model beside the checkpoints, atomically."""
+        self.schedule.best_exact_match, self.schedule.best_step = score, self.state.global_step
+        target = os.path.join(self.args.output_dir, BEST_DIR)
+        temporary = target + ".tmp"
+        self.save_model(temporary)
+        if self.is_world_process_zero():
+            with open(os.path.join(temporary, "best.json"), "w") as f:
+                json.dump({"step": self.state.global_step, "eval_exact_match": score}, f)
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            os.replace(temporary, target)
+        logger.info("stepwise: best fully-removed model so far at step %d (exact match %.3f)", self.state.global_step, score)
+
+    def train(self, *args, **kwargs):
+        result = super().train(*args, **kwargs)
+        self._restore_best()
+        return result
+
+    def _restore_best(self) -> None:
+        """End with the best fully-removed evaluation's weights (the reference's choice of epoch)."""
+        path = os.path.join(self.args.output_dir, BEST_DIR)
+        if not (self.args.keep_best_fully_removed and self.schedule.best_step is not None and os.path.isdir(path)):
+            return
+        if self.schedule.best_step == self.state.global_step:
+            return
+        if self.is_deepspeed_enabled or self.args.use_peft:
+            logger.warning("stepwise: the best fully-removed model is in %s; under DeepSpeed or LoRA it is not reloaded", path)
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        best = type(model).from_pretrained(path)
+        model.load_state_dict(best.state_dict())
+        logger.info("stepwise: restored the best fully-removed model (step %d, exact match %.3f)", self.schedule.best_step, self.schedule.best_exact_match)
+        self.log({"best_fully_removed_step": float(self.schedule.best_step), "best_fully_removed_exact_match": self.schedule.best_exact_match})
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, "trainer_state.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                saved = json.load(f).get("stateful_callbacks", {}).get(RemovalSchedule.__name__)
+            if saved:
+                self.schedule.restore(saved[0] if isinstance(saved, list) else saved)
 
     def answer_batch(self, model, batch):
         prompts, mask = implicit_prompts(batch, self.separator_id)
