@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TASK ?= 4x4_mult
 PRESET ?= cpu
-METHODS ?= kd
+METHODS ?=
 TEST_FILE ?= $(firstword $(wildcard ../shared/data/icot_original/$(subst x,_by_,$(subst _mult,,$(TASK)))_mult/test_bigbench.txt))
 export HF_HUB_DISABLE_TELEMETRY := 1
 
@@ -18,7 +18,7 @@ install: $(VENV)/.installed
 install-deepspeed: install
 	EXTRAS=dev,deepspeed bash scripts/install.sh
 
-## Whole pipeline on the CPU preset (TASK=4x4_mult; PRESET=paper on a GPU; METHODS="kd stepwise"); results in results/$(TASK)/
+## Whole pipeline on the CPU preset (TASK=4x4_mult; PRESET=paper on a GPU; METHODS=kd or stepwise for one method); results in results/$(TASK)/
 reproduce: install
 	TASK=$(TASK) PRESET=$(PRESET) METHODS="$(METHODS)" TEST_FILE=$(TEST_FILE) bash scripts/reproduce.sh
 

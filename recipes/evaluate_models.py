@@ -71,9 +71,10 @@ def load_answerers(args: EvalArguments) -> dict:
     if args.implicit_model:
         answerers["implicit_cot"] = ImplicitCoTAnswerer(*load(ImplicitCoTForCausalLM, args.implicit_model))
     if args.stepwise_model:
-        # ICoT-SI keeps the explicit format with an empty CoT (`input S S answer`): the
-        # explicit answerer reads it; its CoT budget only matters if removal was incomplete.
-        answerers["stepwise_cot"] = ExplicitCoTAnswerer(*load(AutoModelForCausalLM, args.stepwise_model), max_new_tokens=64)
+        # ICoT-SI keeps the explicit format with an empty CoT (`input S S answer`): the explicit
+        # answerer reads it (and the position gap of a keep_positions model); a model whose CoT
+        # was only partly removed still writes the rest, so it gets the teacher's budget.
+        answerers["stepwise_cot"] = ExplicitCoTAnswerer(*load(AutoModelForCausalLM, args.stepwise_model))
     if not answerers:
         raise ValueError("no model to evaluate: give --no_cot_model, --teacher_model, --implicit_model and/or --stepwise_model")
     return answerers

@@ -11,7 +11,7 @@
 #
 # Paths in the YAML configs (data, outputs) are relative to the current directory.
 # METHODS lists the implicit methods to train and evaluate: "kd" (the paper's distillation)
-# and/or "stepwise" (ICoT-SI from the same teacher); default both.
+# and/or "stepwise" (ICoT-SI from the same teacher); by default every one the task has configs for.
 # LANES=2 (the default on a machine with 2+ cores) trains ICoT-SI in one process and the
 # no-CoT baseline and ICoT-KD stages in another, each on half the cores, after the teacher;
 # the second lane's output goes to its logs/ files only. LANES=1 runs everything in turn.
@@ -30,7 +30,7 @@ DEFAULT_LAUNCH=cpu
 [ "$PRESET" = cpu ] || DEFAULT_LAUNCH=gpu  # the paper presets train in bf16 on a GPU
 ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-$REPO/recipes/accelerate_configs/$DEFAULT_LAUNCH.yaml}
 EXTRA_ARGS=${EXTRA_ARGS:-}
-METHODS=${METHODS:-kd stepwise}
+METHODS=${METHODS:-}
 CORES=$(nproc 2>/dev/null || echo 1)
 LANES=${LANES:-$([ "$CORES" -ge 2 ] && [ "$PRESET" = cpu ] && echo 2 || echo 1)}
 for method in $METHODS; do
@@ -43,6 +43,8 @@ CONFIGS=${CONFIGS:-$REPO/recipes/configs/$TASK${SUFFIX:+/$PRESET}}
 OUT=${OUT:-outputs/$TASK$SUFFIX}
 RESULTS=${RESULTS:-results/$TASK$SUFFIX}
 [ -d "$CONFIGS" ] || { echo "reproduce: no configs in $CONFIGS (TASK=$TASK PRESET=$PRESET)"; exit 2; }
+# By default every method this task has configs for.
+[ -n "$METHODS" ] || METHODS="kd$([ -f "$CONFIGS/stepwise.yaml" ] && echo " stepwise")"
 mkdir -p "$OUT" "$RESULTS" logs
 export HF_HUB_DISABLE_TELEMETRY=1
 STARTED=$(date +%s)

@@ -240,3 +240,45 @@ def test_best_fully_removed_evaluation_is_kept_and_restored(tmp_path, tokenizer)
     assert [p["fully_removed"] for p in curve["evaluations"]] == [0, 0, 0, 0, 1, 1, 1]
     assert [p["removal_stage"] for p in curve["evaluations"]] == [0, 0, 1, 1, 2, 2, 3]
     assert curve["evaluations"][0]["examples"] == 16 and curve["best_fully_removed"] == {"step": 12, "exact_match": 0.6}
+
+
+def test_keep_positions_trains_and_generates_with_the_kept_position_ids(tmp_path, tokenizer):
+    from icot_hf.trainers.stepwise_trainer import kept_position_ids
+
+    data = tokenize_dataset(multiplication_dataset(2, 8, seed=7), tokenizer, views=("explicit",))
+    trainer = make_trainer(tmp_path, tokenizer, data, eval_data=data, removal_schedule="gated", keep_positions=True, remove_per_stage=3,
+                           removal_start_stage=1, max_new_tokens=40)
+    model = trainer.model.eval()
+    batch = ICoTCollator(tokenizer.pad_token_id, views=("explicit",))(data.to_list())
+    removed = torch.full((8,), 3)
+    ids, mask, labels, seps = remove_cot_tokens(batch["explicit_input_ids"], batch["explicit_attention_mask"], batch["explicit_separators"], removed, tokenizer.pad_token_id)
+    positions = kept_position_ids(ids, batch["explicit_separators"], removed)
+    for row in range(8):  # the input keeps 0..s1-1; the separator and what follows keep their pre-removal ids
+        s1, length = int(seps[row, 0]), int(mask[row].sum())
+        assert positions[row, :s1].tolist() == list(range(s1))
+        assert positions[row, s1:length].tolist() == list(range(s1 + 3, length + 3))
+    assert trainer.answer_batch(model, batch) is not None  # the trainer's exact-match path runs with kept positions
+
+
+def test_generation_with_a_position_gap_is_greedy_decoding_with_those_ids(tokenizer, small_dataset):
+    from icot_hf.teacher import prompt_position_ids
+    from icot_hf.trainers.teacher_trainer import implicit_prompts
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("gpt2", tokenizer)).eval()
+    data = tokenize_dataset(small_dataset, tokenizer, views=("explicit",))  # 2x2 and 3x3: prompts of two lengths
+    batch = ICoTCollator(tokenizer.pad_token_id, views=("explicit",))(data.to_list()[:6])
+    prompts, mask = implicit_prompts(batch, tokenizer.eos_token_id)
+    gaps = torch.tensor([0, 3, 5, 1, 7, 2])
+    model.generation_config.eos_token_id = None  # ten tokens in every row: compare whole continuations
+    out = model.generate(input_ids=prompts, attention_mask=mask, position_ids=prompt_position_ids(mask, gaps), max_new_tokens=10,
+                         do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    for row in range(6):
+        s1 = int(batch["explicit_separators"][row, 0])
+        sequence, position = batch["explicit_input_ids"][row, : s1 + 1].tolist(), list(range(s1)) + [s1 + int(gaps[row])]
+        with torch.no_grad():
+            for _ in range(10):  # full forward passes, no cache: the separator at s1 + gap, then +1 a token
+                token = int(model(input_ids=torch.tensor([sequence]), position_ids=torch.tensor([position])).logits[0, -1].argmax())
+                sequence.append(token)
+                position.append(position[-1] + 1)
+        assert out[row, prompts.shape[1] :].tolist() == sequence[s1 + 1 :], row

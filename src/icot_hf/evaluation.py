@@ -52,7 +52,10 @@ class ExplicitCoTAnswerer:
 
     def __call__(self, questions: Sequence[str]) -> list[str]:
         batch = {k: v.to(_device(self.model)) for k, v in prompt_batch(self.tokenizer, questions, self.separator_id, self.pad_id).items()}
-        out = generate_explicit(self.model, **batch, separator_id=self.separator_id, pad_token_id=self.pad_id, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams)
+        # An ICoT-SI model trained with keep_positions records the positions its removed CoT skips.
+        gap = getattr(self.model.config, "icot_position_gap", 0) or 0
+        out = generate_explicit(self.model, **batch, separator_id=self.separator_id, pad_token_id=self.pad_id, max_new_tokens=self.max_new_tokens,
+                                num_beams=self.num_beams, position_gap=gap)
         return _decode(self.tokenizer, out["answer"])
 
 

@@ -158,17 +158,35 @@ def generation_kwargs(separator_id: int, pad_token_id: int, prompt_length: int, 
 
 
 @torch.no_grad()
-def generate_explicit(model, input_ids, attention_mask, separator_id: int, pad_token_id: int, max_new_tokens: int = 256, num_beams: int = 1) -> dict[str, list[list[int]]]:
+def prompt_position_ids(attention_mask: torch.Tensor, position_gap) -> torch.Tensor:
+    """Position ids of left-padded `input S` prompts whose separator sits `position_gap` places
+    later than its index (a model trained with ICoT-SI's keep_positions: the removed chain of
+    thought's positions stay skipped); generation continues from the separator's position."""
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    gap = torch.as_tensor(position_gap, device=positions.device).reshape(-1)
+    positions[:, -1] += gap if gap.numel() > 1 else gap.item()
+    return positions
+
+
+def generate_explicit(model, input_ids, attention_mask, separator_id: int, pad_token_id: int, max_new_tokens: int = 256, num_beams: int = 1,
+                      position_gap=0) -> dict[str, list[list[int]]]:
     """Batched explicit-CoT generation from left-padded `input S` prompts.
 
     Each row stops after its answer (the second generated separator, the third in the
     sequence). Returns the token ids of each row's chain of thought and answer.
+    `position_gap` (an int or one per row) shifts the separator's position id and so
+    everything generated after it (see `prompt_position_ids`).
     """
     prompt_length = input_ids.shape[1]
+    extra = {}
+    largest_gap = int(torch.as_tensor(position_gap).max())
+    if largest_gap:
+        extra["position_ids"] = prompt_position_ids(attention_mask, position_gap)
     output = model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        **generation_kwargs(separator_id, pad_token_id, prompt_length, 2, new_token_budget(model, prompt_length, max_new_tokens), num_beams),
+        **extra,
+        **generation_kwargs(separator_id, pad_token_id, prompt_length, 2, new_token_budget(model, prompt_length + largest_gap, max_new_tokens), num_beams),
     )
     generated = output[:, prompt_length:]
     return {

@@ -41,6 +41,13 @@ class StepwiseInternalizationConfig(ICoTTrainingArguments):
     )
     max_removal_offset: int = field(default=8, metadata={"help": "Largest smoothing offset o."})
     reset_optimizer: bool = field(default=True, metadata={"help": "Clear the optimizer state whenever the stage advances while CoT remains."})
+    keep_positions: bool = field(
+        default=False,
+        metadata={"help": "Tokens after the removed span keep their original position ids (the reference's --keep_position): "
+                  "removal no longer moves what is left, so a model need not relearn every position at each stage. The "
+                  "final model then answers with its separator's position id shifted by the CoT length (saved in its config "
+                  "as icot_position_gap, which icot_hf's generation reads)."},
+    )
     gate_metric: str = field(
         default="sequence_accuracy",
         metadata={"help": "gated: 'sequence_accuracy' (share of validation examples whose whole remaining CoT and answer are "

@@ -31,7 +31,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from ..teacher import cut_after_separators, generation_kwargs, new_token_budget
+from ..teacher import cut_after_separators, generation_kwargs, new_token_budget, prompt_position_ids
 from .base import ICoTTrainer, token_accuracy
 from .stepwise_config import StepwiseInternalizationConfig
 from .teacher_trainer import implicit_prompts
@@ -75,6 +75,16 @@ def remove_cot_tokens(input_ids, attention_mask, separators, removed, pad_token_
     labels = torch.where(keep & (columns > s1.unsqueeze(1)), ids, torch.full_like(ids, -100))
     new_separators = torch.stack([s1, s2 - removed, separators[:, 2] - removed], dim=1)
     return ids, keep.long(), labels, new_separators
+
+
+def kept_position_ids(input_ids, separators, removed):
+    """keep_positions: the separator and everything after it keep the position ids they had
+    before `removed[b]` CoT tokens were cut (capped at the row's CoT length), as in the
+    reference's --keep_position; the input keeps 0..s1-1."""
+    s1, s2 = separators[:, 0], separators[:, 1]
+    removed = torch.minimum(removed.to(s1.device), s2 - s1 - 1)
+    columns = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    return columns + removed.unsqueeze(1) * (columns >= s1.unsqueeze(1))
 
 
 def teacher_forced_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,7 +211,8 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
             batch = {k: v.to(self.args.device) for k, v in batch.items()}
             removed = torch.full((batch["explicit_input_ids"].shape[0],), stage * self.args.remove_per_stage)
             ids, mask, labels, _ = remove_cot_tokens(batch["explicit_input_ids"], batch["explicit_attention_mask"], batch["explicit_separators"], removed, self.pad_token_id)
-            right, total = teacher_forced_accuracy(model(input_ids=ids, attention_mask=mask).logits, labels)
+            logits = model(input_ids=ids, attention_mask=mask, **self.positions(ids, batch["explicit_separators"], removed)).logits
+            right, total = teacher_forced_accuracy(logits, labels)
             right_rows += int((right == total).sum())
             right_tokens += int(right.sum())
             tokens += int(total.sum())
@@ -240,9 +251,13 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
         else:  # evaluate at the removal the last training step used, no smoothing
             removed = torch.full((inputs["explicit_input_ids"].shape[0],), self.evaluated_stage() * self.args.remove_per_stage)
         ids, mask, labels, _ = remove_cot_tokens(inputs["explicit_input_ids"], inputs["explicit_attention_mask"], inputs["explicit_separators"], removed, self.pad_token_id)
-        outputs = model(input_ids=ids, attention_mask=mask, labels=labels)
+        outputs = model(input_ids=ids, attention_mask=mask, labels=labels, **self.positions(ids, inputs["explicit_separators"], removed))
         self.record(token_accuracy=token_accuracy(outputs.logits.detach(), labels), removed_tokens=float(removed.float().mean()))
         return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def positions(self, ids, separators, removed) -> dict:
+        """`position_ids` for the model call under keep_positions, else nothing (the model's own)."""
+        return {"position_ids": kept_position_ids(ids, separators, removed)} if self.args.keep_positions else {}
 
     def evaluated_stage(self) -> int:
         if self._stage is not None:
@@ -276,9 +291,26 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
         logger.info("stepwise: best fully-removed model so far at step %d (exact match %.3f)", self.state.global_step, score)
 
     def train(self, *args, **kwargs):
+        if self.args.removal_schedule == "gated" and self.args.max_steps > 0:
+            stages = math.ceil(self.longest_cot() / self.args.remove_per_stage) - self.args.removal_start_stage + 1
+            if stages * self.args.max_stage_steps >= self.args.max_steps:
+                logger.warning("stepwise: %d stages x max_stage_steps %d >= max_steps %d: if stages hit their cap, the run ends before "
+                               "the chain of thought is fully removed; lower max_stage_steps or raise max_steps",
+                               stages, self.args.max_stage_steps, self.args.max_steps)
         result = super().train(*args, **kwargs)
         self._restore_best()
+        if self.args.keep_positions:
+            self._record_position_gap()
         return result
+
+    def _record_position_gap(self) -> None:
+        """The final model skips the positions of the CoT it no longer writes: record how many
+        (the median training CoT length, capped by what the last stage removed) for generation."""
+        separators = np.asarray(self.train_dataset["explicit_separators"])
+        median = int(np.median(separators[:, 1] - separators[:, 0] - 1))
+        gap = min(self.evaluated_stage() * self.args.remove_per_stage, median)
+        self.accelerator.unwrap_model(self.model).config.icot_position_gap = gap
+        logger.info("stepwise: keep_positions model answers with a position gap of %d (saved as config.icot_position_gap)", gap)
 
     def _restore_best(self) -> None:
         """End with the best fully-removed evaluation's weights (the reference's choice of epoch)."""
@@ -308,6 +340,11 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
     def answer_batch(self, model, batch):
         prompts, mask = implicit_prompts(batch, self.separator_id)
         pad = self.processing_class.pad_token_id
-        generated = model.generate(input_ids=prompts, attention_mask=mask,
-                                   **generation_kwargs(self.separator_id, self.separator_id if pad is None else pad, prompts.shape[1], 2, new_token_budget(model, prompts.shape[1], self.args.max_new_tokens)))
+        extra, gap = {}, 0
+        if self.args.keep_positions:  # each row's separator sits after the CoT span this stage removes
+            separators = batch["explicit_separators"]
+            gaps = torch.clamp(separators[:, 1] - separators[:, 0] - 1, max=self.evaluated_stage() * self.args.remove_per_stage)
+            extra["position_ids"], gap = prompt_position_ids(mask, gaps), int(gaps.max())
+        generated = model.generate(input_ids=prompts, attention_mask=mask, **extra,
+                                   **generation_kwargs(self.separator_id, self.separator_id if pad is None else pad, prompts.shape[1], 2, new_token_budget(model, prompts.shape[1] + gap, self.args.max_new_tokens)))
         return cut_after_separators(generated[:, prompts.shape[1] :], self.separator_id, 2)
