@@ -5,6 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
 
 from conftest import tiny_config
+from icot_hf.hooks import get_decoder_layers
 from icot_hf.data import ICoTCollator, prompt_batch, tokenize_dataset
 from icot_hf.teacher import (
     cut_after_separators, extract_teacher_states, generate_explicit, generation_kwargs, new_token_budget, parse_delta, state_grid_positions,
@@ -65,6 +66,30 @@ def test_extraction_matches_hidden_states_by_hand(tokenizer, small_dataset):
             torch.testing.assert_close(states[row, layer], expected, atol=1e-5, rtol=1e-5)
     # normalised: zero mean, unit variance per state, no affine weights
     torch.testing.assert_close(states.mean(-1), torch.zeros(8, 4), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("pattern", ["diagonal", "first_column", "last_column", "top_row", "bottom_row"])
+def test_extraction_runs_only_the_blocks_it_reads(tokenizer, small_dataset, kind, pattern):
+    """The same states as the full forward's hidden_states, without the output layer and the
+    blocks after the last layer read (bottom_row reads layer 0 only: no block runs)."""
+    torch.manual_seed(0)
+    teacher = AutoModelForCausalLM.from_config(tiny_config(kind, tokenizer, layers=4)).eval()
+    data = tokenize_dataset(small_dataset, tokenizer, views=("explicit",))
+    batch = ICoTCollator(tokenizer.pad_token_id, views=("explicit",))([data[i] for i in range(8)])
+    ids, mask, seps = batch["explicit_input_ids"], batch["explicit_attention_mask"], batch["explicit_separators"]
+    with torch.no_grad():
+        hidden = torch.stack(teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[:4])
+    layer_index, position = state_grid_positions(seps[:, 0], seps[:, 1], 4, "dynamic", pattern)
+    expected = torch.nn.functional.layer_norm(hidden[layer_index, torch.arange(8).unsqueeze(1), position], (32,), eps=1e-5)
+    calls = []
+    handles = [teacher.get_output_embeddings().register_forward_hook(lambda *a: calls.append("output layer"))]
+    handles += [block.register_forward_hook(lambda *a, i=i: calls.append(i)) for i, block in enumerate(get_decoder_layers(teacher))]
+    states = extract_teacher_states(teacher, ids, mask, seps, delta="dynamic", pattern=pattern)
+    for handle in handles:
+        handle.remove()
+    torch.testing.assert_close(states, expected, atol=1e-5, rtol=1e-5)
+    assert calls == list(range(int(layer_index.max())))  # blocks before the last one read, nothing after
 
 
 class ForceSeparators(LogitsProcessor):

@@ -73,6 +73,51 @@ def normalize_states(states: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(states, states.shape[-1:], eps=1e-5)
 
 
+class _StatesRead(Exception):
+    """Raised by the last needed layer's pre-hook: the rest of the forward is not needed."""
+
+
+def _runs_under_deepspeed(model) -> bool:
+    return "deepspeed" in type(model).__module__
+
+
+def read_layer_inputs(model, input_ids, attention_mask, layer_index: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """(B, L, H): the input of decoder layer `layer_index[b, j]` at `position[b, j]`.
+
+    Pre-hooks on the decoder blocks gather those vectors as the forward reaches each block,
+    and the forward stops at the input of the last block needed: the later blocks, the final
+    norm and the output layer (whose logits nobody reads) never run. For any decoder-only
+    causal LM whose blocks `get_decoder_layers` finds. (Under DeepSpeed, whose ZeRO-3 hooks
+    expect whole forwards, the caller uses the full forward instead.)
+    """
+    from .hooks import get_decoder_layers
+
+    layers = get_decoder_layers(model)
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    columns = {int(l): (layer_index[0] == l).nonzero().flatten() for l in layer_index[0].unique()}
+    last = max(columns)
+    states = [None] * layer_index.shape[1]
+
+    def hook_for(layer: int):
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            for j in columns[layer].tolist():
+                states[j] = hidden[rows, position[:, j]]
+            if layer == last:
+                raise _StatesRead
+        return hook
+
+    handles = [layers[l].register_forward_pre_hook(hook_for(l), with_kwargs=True) for l in columns]
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _StatesRead:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.stack(states, dim=1)
+
+
 @torch.no_grad()
 def extract_teacher_states(
     teacher,
@@ -86,16 +131,20 @@ def extract_teacher_states(
     """Run the frozen teacher on explicit-view tokens and gather (B, L, H) normalised states.
 
     `separators` holds each row's separator positions (B, >=2) in this padded batch.
-    One gather over a stacked (L, B, T, H) tensor: no loop over rows.
+    Only the blocks up to the last layer read run (`read_layer_inputs`); no loop over rows.
     """
-    outputs = teacher(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
-    hidden = outputs.hidden_states
-    num_layers = num_layers or (len(hidden) - 1)
-    stacked = torch.stack(hidden[:num_layers])  # (L, B, T, H): entry l is the input of layer l
+    if num_layers is None:
+        num_layers = teacher.config.num_hidden_layers if hasattr(teacher, "config") else None
+    if _runs_under_deepspeed(teacher) or num_layers is None:
+        outputs = teacher(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
+        hidden = outputs.hidden_states
+        num_layers = num_layers or (len(hidden) - 1)
+        stacked = torch.stack(hidden[:num_layers])  # (L, B, T, H): entry l is the input of layer l
+        layer_index, position = state_grid_positions(separators[:, 0], separators[:, 1], num_layers, delta, pattern)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(position)
+        return normalize_states(stacked[layer_index, rows, position].float())
     layer_index, position = state_grid_positions(separators[:, 0], separators[:, 1], num_layers, delta, pattern)
-    rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(position)
-    states = stacked[layer_index, rows, position]  # (B, L, H)
-    return normalize_states(states.float())
+    return normalize_states(read_layer_inputs(teacher, input_ids, attention_mask, layer_index, position).float())
 
 
 class SeparatorCountCriteria(StoppingCriteria):
