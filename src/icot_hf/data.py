@@ -13,8 +13,10 @@ has to search for `S` (which may equal the pad token).
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -45,8 +47,12 @@ def parse_icot_line(line: str, source: str = "<string>", line_number: int = 0) -
     if "||" not in text:
         raise ICoTFormatError(f"{where}: no '||' between input and chain of thought; expected 'input||cot #### answer'")
     question, rest = text.split("||", 1)
+    if "||" in rest:
+        raise ICoTFormatError(f"{where}: more than one '||'; expected exactly one, between input and chain of thought")
     if "####" not in rest:
         raise ICoTFormatError(f"{where}: no '####' before the answer; expected 'input||cot #### answer'")
+    if rest.count("####") > 1:
+        raise ICoTFormatError(f"{where}: more than one '####'; expected exactly one, before the answer")
     cot, answer = rest.rsplit("####", 1)
     question, cot, answer = question.strip(), cot.strip(), answer.strip()
     if not question:
@@ -61,20 +67,23 @@ def format_icot_line(example: dict[str, str]) -> str:
 
 
 def read_icot_text(path: str | os.PathLike) -> list[dict[str, str]]:
-    """Read one ICoT text file; blank lines are skipped, anything else must parse."""
+    """Read one ICoT text file; blank lines are skipped, anything else must parse. Lines may
+    end in LF, CRLF or a lone CR, and a UTF-8 byte-order mark at the start is dropped."""
     path = Path(path)
     examples = []
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise ICoTFormatError(
-                    f"{path}:{number}: bytes that are not UTF-8 ({error.reason} at byte {error.start}); re-encode the file as UTF-8"
-                ) from None
-            if not line.strip():
-                continue
-            examples.append(parse_icot_line(line, str(path), number))
+    data = path.read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    for number, raw in enumerate(re.split(rb"\r\n|\r|\n", data), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ICoTFormatError(
+                f"{path}:{number}: bytes that are not UTF-8 ({error.reason} at byte {error.start}); re-encode the file as UTF-8"
+            ) from None
+        if not line.strip():
+            continue
+        examples.append(parse_icot_line(line, str(path), number))
     if not examples:
         raise ICoTFormatError(f"{path}: no examples; the file is empty")
     return examples
@@ -158,7 +167,18 @@ def load_icot_dataset(name_or_path: str, split: str | None = None) -> DatasetDic
 def _encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     # A leading space makes BPE tokenizers (GPT-2 style) see each part as it appears
     # mid-sentence, as in the paper's code; word-level tokenizers ignore it.
-    return tokenizer([" " + t for t in texts], add_special_tokens=False)["input_ids"]
+    ids = tokenizer([" " + t for t in texts], add_special_tokens=False)["input_ids"]
+    unk = tokenizer.unk_token_id
+    if unk is not None:  # a word-level vocabulary would turn unknown symbols into <unk> silently
+        for text, row in zip(texts, ids):
+            if unk in row and tokenizer.unk_token not in text:
+                unknown = sorted({w for w in text.split() if tokenizer.convert_tokens_to_ids(w) == unk})
+                raise ICoTFormatError(
+                    f"{text[:80]!r}: symbol(s) {unknown or '(some)'} are not in the tokenizer's vocabulary and would become "
+                    f"{tokenizer.unk_token}; build the digit tokenizer with build_digit_tokenizer(extra_symbols=[...]) "
+                    "or use a tokenizer that covers them"
+                )
+    return ids
 
 
 def build_views(

@@ -419,6 +419,12 @@ class ImplicitCoTForCausalLM(PreTrainedModel):
         """Raw question strings in (e.g. "1 2 3 4 * 5 6 7 8"), answer strings out."""
         from .data import prompt_batch
 
+        if isinstance(questions, str):  # one question: a string would be iterated as characters
+            raise TypeError(f"answer() takes a list of questions; got one string {questions[:40]!r}: pass [question]")
+        questions = list(questions)
+        empty = [i for i, q in enumerate(questions) if not str(q).strip()]
+        if empty:
+            raise ValueError(f"answer(): question(s) {empty[:10]} are empty; every question needs at least one token")
         answers: list[str] = []
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else self.config.separator_token_id
         for start in range(0, len(questions), batch_size):

@@ -76,9 +76,15 @@ def parse_args(*config_classes, argv: list[str] | None = None):
         unknown = sorted(set(values) - known)
         if unknown:
             raise SystemExit(f"{path}: unknown field(s) {unknown}; see --help for the fields of this recipe")
-        for key, value in values.items():
+        for key, value in list(values.items()):
             if isinstance(value, (dict, list)) and key == "model_config":
                 values[key] = json.dumps(value)
+            elif isinstance(value, list) and key == "lora_target_modules":
+                values[key] = ",".join(str(v) for v in value)  # [q_proj, v_proj] -> "q_proj,v_proj"
+            elif isinstance(value, bool) and key.endswith("_strategy"):
+                if value:
+                    raise SystemExit(f"{path}: {key}: {value} is not a strategy; write one of \"no\", \"steps\", \"epoch\" (quoted)")
+                values[key] = "no"  # YAML reads an unquoted `no` as false
         parser.set_defaults(**values)
     return parser.parse_args_into_dataclasses(args=argv)
 
@@ -91,6 +97,20 @@ def load_tokenizer(script_args: ScriptArguments, fallback_path: str | None = Non
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def check_config_fields(model_type: str, values: dict) -> None:
+    """A misspelt `model_config` key would be kept as a stray attribute while the model silently
+    takes the default (GPT-2's 12 x 768 for `n_layers`): stop and name it instead."""
+    import difflib
+
+    defaults = AutoConfig.for_model(model_type)
+    known = set(defaults.to_dict()) | set(getattr(defaults, "attribute_map", {}))
+    for key in values:
+        if key not in known and not hasattr(defaults, key):
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"model_config: {key!r} is not a field of {type(defaults).__name__} ({model_type}){hint}")
 
 
 def build_base_model(script_args: ScriptArguments, tokenizer):
@@ -106,6 +126,7 @@ def build_base_model(script_args: ScriptArguments, tokenizer):
     model_type = values.pop("model_type", None)
     if model_type is None:
         raise ValueError("model_config needs a model_type (e.g. gpt2, llama)")
+    check_config_fields(model_type, values)
     separator = separator_token_id(tokenizer, script_args.separator_token)
     config = AutoConfig.for_model(
         model_type,
