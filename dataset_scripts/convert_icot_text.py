@@ -25,6 +25,7 @@ def main(argv=None):
     parser.add_argument("--valid", help="validation split text file")
     parser.add_argument("--test", help="test split text file")
     parser.add_argument("--split", action="append", default=[], metavar="NAME=PATH", help="any other split, repeatable")
+    parser.add_argument("--overwrite", action="store_true", help="replace a dataset already saved in --output_dir (never other files)")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--push_to_hub", default=None, metavar="REPO")
     parser.add_argument("--task", default="custom", help="task name for the dataset card")
@@ -41,7 +42,10 @@ def main(argv=None):
         dataset = dataset_from_text_files(files)
     except ICoTFormatError as error:
         sys.exit(f"convert_icot_text: {error}")
-    save_dataset_dict(dataset, args.output_dir)
+    try:
+        save_dataset_dict(dataset, args.output_dir, overwrite=args.overwrite)
+    except FileExistsError as error:
+        sys.exit(f"{Path(__file__).stem}: {error}")
     print(f"saved {', '.join(f'{k}: {len(v)}' for k, v in dataset.items())} to {args.output_dir}")
     if args.push_to_hub:
         from icot_hf.hub import push_dataset

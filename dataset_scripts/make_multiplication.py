@@ -43,6 +43,7 @@ def main(argv=None):
     parser.add_argument("--test_size", type=int, default=1_000)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--exclude_files", nargs="*", default=[], help="ICoT text files whose problems must not appear")
+    parser.add_argument("--overwrite", action="store_true", help="replace a dataset already saved in --output_dir (never other files)")
     parser.add_argument("--output_dir", required=True, help="where the DatasetDict is saved")
     parser.add_argument("--text_dir", default=None, help="also write train.txt/valid.txt/test.txt here")
     parser.add_argument("--push_to_hub", default=None, metavar="REPO", help="push the DatasetDict to this Hub dataset repo")
@@ -53,7 +54,10 @@ def main(argv=None):
     if any(v < 0 for v in sizes.values()) or sum(sizes.values()) == 0:
         parser.error("split sizes must be >= 0 and not all zero")
     dataset = build(args.digits, {k: v for k, v in sizes.items() if v > 0}, args.seed, args.exclude_files)
-    save_dataset_dict(dataset, args.output_dir)
+    try:
+        save_dataset_dict(dataset, args.output_dir, overwrite=args.overwrite)
+    except FileExistsError as error:
+        sys.exit(f"{Path(__file__).stem}: {error}")
     if args.text_dir:
         for split, part in dataset.items():
             write_icot_text(part, Path(args.text_dir) / f"{split}.txt")

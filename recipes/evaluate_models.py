@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
 
 from icot_hf import ImplicitCoTForCausalLM
 from icot_hf.data import load_icot_dataset, read_icot_text
@@ -50,6 +50,8 @@ def evaluation_sets(args: EvalArguments) -> dict[str, tuple[list[str], list[str]
         data = load_icot_dataset(args.dataset_name_or_path, split=args.split)
         sets[f"{Path(args.dataset_name_or_path).name} [{args.split}]"] = (list(data["input"]), list(data["answer"]))
     for path in args.test_files:
+        if not Path(path).is_file():
+            raise SystemExit(f"evaluate_models: --test_files {path}: no such file")
         rows = read_icot_text(path)
         sets[str(path)] = ([r["input"] for r in rows], [r["answer"] for r in rows])
     if not sets:
@@ -62,6 +64,21 @@ def load_answerers(args: EvalArguments) -> dict:
 
     def load(model_class, path):
         return model_class.from_pretrained(path).to(device).eval(), AutoTokenizer.from_pretrained(path)
+
+    # Check every folder's kind before loading any, so a swapped path fails at once, by name.
+    for flag, path, implicit in (("--no_cot_model", args.no_cot_model, False), ("--teacher_model", args.teacher_model, False),
+                                 ("--implicit_model", args.implicit_model, True), ("--stepwise_model", args.stepwise_model, False)):
+        if path is None:
+            continue
+        try:
+            model_type = AutoConfig.from_pretrained(path).model_type
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"evaluate_models: {flag} {path}: not a model folder or Hub id ({error})") from None
+        if implicit and model_type != "icot":
+            raise SystemExit(f"evaluate_models: {flag} {path} holds a plain {model_type} model; it needs the coupled ImplicitCoTForCausalLM "
+                             "(the couple stage's output, e.g. outputs/4x4_mult/coupled)")
+        if not implicit and model_type == "icot":
+            raise SystemExit(f"evaluate_models: {flag} {path} holds an ImplicitCoTForCausalLM; pass it as --implicit_model")
 
     answerers = {}
     if args.no_cot_model:
@@ -85,7 +102,7 @@ def main():
     logging.basicConfig(level=logging.INFO)
     if args.threads:
         torch.set_num_threads(args.threads)
-    sets, answerers = evaluation_sets(args), load_answerers(args)
+    answerers, sets = load_answerers(args), evaluation_sets(args)
     largest = max(args.batch_sizes)
     results = {"task": args.task, "evaluations": {}, "settings": {"batch_sizes": args.batch_sizes, "max_examples_batch1": args.max_examples_batch1, "threads": torch.get_num_threads()}}
     for set_name, (questions, references) in sets.items():

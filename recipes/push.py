@@ -21,7 +21,9 @@ def main():
     parser.add_argument("--dataset", default=None)
     args = parser.parse_args()
     marker = Path(args.folder) / "training_complete.json"
-    metrics = json.loads(marker.read_text()) if marker.exists() else None
+    if not marker.is_file():  # a stage still training (or cut off) has checkpoints but no final model
+        raise SystemExit(f"push: {args.folder} has no training_complete.json: the stage has not finished; nothing was pushed")
+    metrics = json.loads(marker.read_text())
     try:
         push_folder(args.folder, args.repo_id, args.stage, args.task, base_model=args.base_model, dataset=args.dataset, metrics=metrics)
     except HubUnavailableError as error:

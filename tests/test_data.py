@@ -66,7 +66,9 @@ def test_save_replaces_atomically(tmp_path, small_dataset):
 
     target = tmp_path / "ds"
     save_dataset_dict(DatasetDict({"train": small_dataset}), target)
-    save_dataset_dict(DatasetDict({"train": small_dataset.select(range(3))}), target)
+    with pytest.raises(FileExistsError, match="already holds a dataset; pass --overwrite"):
+        save_dataset_dict(DatasetDict({"train": small_dataset.select(range(3))}), target)
+    save_dataset_dict(DatasetDict({"train": small_dataset.select(range(3))}), target, overwrite=True)
     assert len(load_from_disk(str(target))["train"]) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 

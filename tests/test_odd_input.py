@@ -90,3 +90,58 @@ def test_yaml_unquoted_no_and_a_list_of_lora_modules(tmp_path):
     path.write_text("eval_strategy: yes\n")
     with pytest.raises(SystemExit, match=r"c.yaml: eval_strategy: True is not a strategy"):
         parse_args(ScriptArguments, StepwiseInternalizationConfig, argv=["--config", str(path)])
+
+
+def test_dataset_writers_never_delete_a_users_folder(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    folder = tmp_path / "myfolder"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    text = tmp_path / "tiny.txt"
+    text.write_text(LINE + "\n")
+    for script, extra in (("make_multiplication.py", ["--digits", "2", "--train_size", "20", "--valid_size", "5", "--test_size", "5"]),
+                          ("convert_icot_text.py", ["--train", str(text)])):
+        run = subprocess.run([sys.executable, str(REPO / "dataset_scripts" / script), *extra, "--output_dir", str(folder), "--overwrite"],
+                             capture_output=True, text=True)
+        assert run.returncode != 0 and "not a saved dataset; nothing was written" in run.stderr, run.stderr[-500:]
+        assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"] and (folder / "notes.txt").read_text() == "mine"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left behind
+
+
+def test_a_mistyped_local_dataset_path_is_not_a_hub_lookup(tmp_path, monkeypatch):
+    from icot_hf.data import load_icot_dataset
+
+    (tmp_path / "data" / "4x4_mult").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ICoTFormatError, match=r"data/4x4_mul: no such dataset folder or file; did you mean 'data/4x4_mult'\?"):
+        load_icot_dataset("data/4x4_mul")
+
+
+def test_push_refuses_an_unfinished_stage(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    (tmp_path / "checkpoint-10").mkdir()
+    run = subprocess.run([sys.executable, str(REPO / "recipes" / "push.py"), "--folder", str(tmp_path), "--repo_id", "me/x", "--stage", "teacher",
+                          "--task", "t"], capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert run.returncode != 0 and "has not finished; nothing was pushed" in run.stderr and "pushed" not in run.stdout
+
+
+def test_evaluate_models_names_a_swapped_folder_before_loading(tmp_path, tokenizer):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    AutoModelForCausalLM.from_config(tiny_config("gpt2", tokenizer)).save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    run = subprocess.run([sys.executable, str(REPO / "recipes" / "evaluate_models.py"), "--test_files", str(tmp_path / "none.txt"),
+                          "--teacher_model", str(tmp_path / "teacher"), "--implicit_model", str(tmp_path / "teacher"), "--output_dir", str(tmp_path / "r")],
+                         capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert run.returncode != 0 and "--implicit_model" in run.stderr and "holds a plain gpt2 model" in run.stderr, run.stderr[-800:]

@@ -14,6 +14,7 @@ has to search for `S` (which may equal the pad token).
 from __future__ import annotations
 
 import codecs
+import difflib
 import logging
 import os
 import re
@@ -109,9 +110,21 @@ def dataset_from_text_files(files: dict[str, str | os.PathLike]) -> DatasetDict:
     return DatasetDict(splits)
 
 
-def save_dataset_dict(dataset: DatasetDict, output_dir: str | os.PathLike) -> None:
-    """Save to a sibling temporary folder, then swap it in: never a half-written dataset."""
+def save_dataset_dict(dataset: DatasetDict, output_dir: str | os.PathLike, overwrite: bool = False) -> None:
+    """Save to a sibling temporary folder, then swap it in: never a half-written dataset.
+
+    Only a saved DatasetDict is ever replaced, and only with `overwrite`: a non-empty folder
+    that is not one (a user's own files) stops the save before anything is written."""
     output_dir = Path(output_dir)
+    if output_dir.exists():
+        if not output_dir.is_dir():
+            raise FileExistsError(f"{output_dir} is a file; give --output_dir a folder that does not exist yet")
+        ours = (output_dir / "dataset_dict.json").is_file()
+        if any(output_dir.iterdir()) and not ours:
+            raise FileExistsError(f"{output_dir} is a non-empty folder that is not a saved dataset; nothing was written. "
+                                  "Give --output_dir a new or empty folder.")
+        if ours and not overwrite:
+            raise FileExistsError(f"{output_dir} already holds a dataset; pass --overwrite to replace it, or pick another --output_dir")
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
@@ -151,6 +164,11 @@ def load_icot_dataset(name_or_path: str, split: str | None = None) -> DatasetDic
         dataset = dataset_from_text_files({split or "train": path})
     elif path.exists():
         raise ICoTFormatError(f"{path}: not a saved dataset (no dataset_dict.json) and not a text file")
+    elif name_or_path.startswith((".", "/", "~")) or (len(path.parts) > 1 and path.parent.is_dir()):
+        # A local path with a typo would otherwise become a Hub lookup and a network error.
+        siblings = sorted(p.name for p in path.parent.iterdir()) if path.parent.is_dir() else []
+        close = difflib.get_close_matches(path.name, siblings, n=1)
+        raise ICoTFormatError(f"{name_or_path}: no such dataset folder or file" + (f"; did you mean {str(path.parent / close[0])!r}?" if close else ""))
     else:
         dataset = load_dataset(name_or_path)
     validate_columns(dataset, name_or_path)
