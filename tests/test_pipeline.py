@@ -29,6 +29,10 @@ def test_reproduce_pipeline_end_to_end(tmp_path):
     assert (tmp_path / "results" / "tiny" / "accuracy_vs_throughput.png").stat().st_size > 1000
     table = (tmp_path / "results" / "tiny" / "results.md").read_text()
     assert "| Implicit CoT (ICoT-KD) |" in table and "| Implicit CoT (ICoT-SI, stepwise) |" in table
+    # The student built the teacher-state cache; the emulator (same teacher, data and settings) reused it.
+    assert (tmp_path / "outputs" / "tiny" / "teacher_state_cache" / "state_cache.json").is_file()
+    assert "Caching teacher states" in (tmp_path / "logs" / "tiny_mind_reading.log").read_text()
+    assert "Caching teacher states" not in (tmp_path / "logs" / "tiny_emulator.log").read_text()
     curves = json.loads((tmp_path / "results" / "tiny" / "learning_curves.json").read_text())
     assert set(curves) == {"teacher", "no_cot", "mind_reading", "emulator", "coupled", "stepwise"}
     stepwise = curves["stepwise"]

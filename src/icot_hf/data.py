@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
@@ -334,6 +335,8 @@ class ICoTCollator:
             batch[f"{view}_attention_mask"] = mask
             batch[f"{view}_labels"] = labels
             batch[f"{view}_separators"] = separators
+        if features and "teacher_states" in features[0]:  # a teacher-state cache column (state_cache.py)
+            batch["teacher_states"] = torch.tensor(np.asarray([f["teacher_states"] for f in features]), dtype=torch.float32)
         return batch
 
 

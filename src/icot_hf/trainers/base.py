@@ -106,6 +106,8 @@ class FrozenTeacherMixin:
         self.teacher = prepare_frozen_model(teacher, self.accelerator)
 
     def teacher_states(self, inputs):
+        if "teacher_states" in inputs:  # extracted once by the teacher-state cache
+            return inputs["teacher_states"]
         from ..teacher import extract_teacher_states
 
         return extract_teacher_states(

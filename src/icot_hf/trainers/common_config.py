@@ -71,3 +71,8 @@ class TeacherStatesArguments:
         default="diagonal",
         metadata={"help": "Teacher-state pattern: diagonal, first_column, last_column, top_row or bottom_row."},
     )
+    teacher_state_cache: str | None = field(
+        default=None,
+        metadata={"help": "Folder for the training examples' teacher states, extracted once (built on first use, reused "
+                  "after; an error if it was built from another teacher, data or settings). Unset: run the teacher each step."},
+    )

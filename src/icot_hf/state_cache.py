@@ -1,0 +1,96 @@
+"""Teacher-state cache: the frozen teacher's states, extracted once per training example.
+
+The mind-reading student and the emulator read the same teacher states epoch after epoch,
+and on a CPU the teacher's forward over the long explicit view costs more than the student's
+step on the short implicit one. `attach_teacher_states` runs the teacher once over a tokenised
+training split, saves the (L, H) states of every example as a `datasets` dataset in
+`cache_dir`, and returns the split with a `teacher_states` column; the collator stacks it and
+the trainers read it instead of running the teacher (evaluation still runs the teacher).
+
+The cache records what it was built from (`state_cache.json`: a hash of the teacher's weights,
+the extraction settings, the training split's fingerprint and size). A later run with anything
+different stops with the fields that differ, rather than train on another teacher's states.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset, concatenate_datasets, load_from_disk
+from tqdm.auto import tqdm
+
+CACHE_COLUMN = "teacher_states"
+INFO_FILE = "state_cache.json"
+
+
+def teacher_fingerprint(teacher) -> str:
+    """sha256 over the teacher's parameters and buffers, by name: any changed weight changes it."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(teacher.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_settings(teacher, dataset: Dataset, delta, subset: str) -> dict:
+    return {"teacher_sha256": teacher_fingerprint(teacher), "teacher_layers": teacher.config.num_hidden_layers,
+            "teacher_hidden_size": teacher.config.hidden_size, "delta": str(delta), "subset": subset,
+            "data_fingerprint": dataset._fingerprint, "examples": len(dataset)}
+
+
+@torch.no_grad()
+def extract_all(teacher, dataset: Dataset, collator, delta, subset: str, batch_size: int) -> np.ndarray:
+    """(N, L, H) float32 states of every example, in dataset order."""
+    from .teacher import extract_teacher_states
+
+    device = next(teacher.parameters()).device
+    chunks = []
+    for start in tqdm(range(0, len(dataset), batch_size), desc="Caching teacher states"):
+        rows = dataset.select(range(start, min(start + batch_size, len(dataset)))).to_list()
+        batch = {k: v.to(device) for k, v in collator(rows).items() if k.startswith("explicit_")}
+        states = extract_teacher_states(teacher, batch["explicit_input_ids"], batch["explicit_attention_mask"], batch["explicit_separators"],
+                                        delta=delta, pattern=subset)
+        chunks.append(states.float().cpu().numpy())
+    return np.concatenate(chunks)
+
+
+def attach_teacher_states(dataset: Dataset, teacher, collator, delta, subset: str, cache_dir: str | os.PathLike, batch_size: int = 128) -> Dataset:
+    """`dataset` with a `teacher_states` column, from `cache_dir` (built there on first use)."""
+    cache_dir = Path(cache_dir)
+    settings = cache_settings(teacher, dataset, delta, subset)
+    info = cache_dir / INFO_FILE
+    if info.is_file():
+        saved = json.loads(info.read_text())
+        different = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+        if different:
+            detail = "; ".join(f"{k}: cache {old!r}, now {new!r}" for k, (old, new) in different.items())
+            raise ValueError(f"{cache_dir}: the teacher-state cache was built from something else ({detail}). "
+                             "Point teacher_state_cache at a new folder, or delete this one to rebuild it.")
+        states = load_from_disk(str(cache_dir))
+    else:
+        if cache_dir.exists() and any(cache_dir.iterdir()):
+            raise FileExistsError(f"{cache_dir} is a non-empty folder without {INFO_FILE}; give teacher_state_cache a new folder")
+        teacher.eval()
+        values = extract_all(teacher, dataset, collator, delta, subset, batch_size)
+        states = Dataset.from_dict({CACHE_COLUMN: values})
+        cache_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.", dir=cache_dir.parent))
+        try:
+            states.save_to_disk(str(staging))
+            (staging / INFO_FILE).write_text(json.dumps(settings, indent=2))  # last: its presence means complete
+            if cache_dir.exists():
+                cache_dir.rmdir()  # empty, checked above
+            os.replace(staging, cache_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        states = load_from_disk(str(cache_dir))
+    if len(states) != len(dataset):
+        raise ValueError(f"{cache_dir}: {len(states)} cached states for {len(dataset)} examples; delete the cache to rebuild it")
+    return concatenate_datasets([dataset, states], axis=1)

@@ -1,0 +1,63 @@
+"""Teacher-state cache: the cached states are the teacher's, a trainer reading them computes
+the same loss as one running the teacher, and a cache built from anything else is refused."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import tiny_config
+from icot_hf import ImplicitCoTStudent
+from icot_hf.data import ICoTCollator, tokenize_dataset
+from icot_hf.state_cache import attach_teacher_states
+from icot_hf.teacher import extract_teacher_states
+from icot_hf.trainers import MindReadingConfig, MindReadingTrainer
+
+
+@pytest.fixture
+def setup(tokenizer, small_dataset):
+    torch.manual_seed(0)
+    teacher = AutoModelForCausalLM.from_config(tiny_config("gpt2", tokenizer, layers=4)).eval()
+    data = tokenize_dataset(small_dataset, tokenizer, views=("explicit", "implicit"))
+    return teacher, data, ICoTCollator(tokenizer.pad_token_id, views=("explicit", "implicit"))
+
+
+def test_cached_states_are_the_teachers_and_are_reused(setup, tmp_path, monkeypatch):
+    teacher, data, collator = setup
+    cached = attach_teacher_states(data, teacher, collator, "dynamic", "diagonal", tmp_path / "cache", batch_size=5)
+    batch = collator(cached.select(range(8)).to_list())
+    direct = extract_teacher_states(teacher, batch["explicit_input_ids"], batch["explicit_attention_mask"], batch["explicit_separators"])
+    torch.testing.assert_close(batch["teacher_states"], direct, atol=1e-5, rtol=1e-5)
+    # A second run reads the folder and does not run the teacher.
+    monkeypatch.setattr(teacher, "forward", lambda *a, **k: (_ for _ in ()).throw(AssertionError("the teacher ran")))
+    again = attach_teacher_states(data, teacher, collator, "dynamic", "diagonal", tmp_path / "cache")
+    assert again["teacher_states"][3] == cached["teacher_states"][3]
+
+
+@pytest.mark.parametrize("change, field", [("delta", "delta"), ("weights", "teacher_sha256"), ("data", "data_fingerprint")])
+def test_a_cache_built_from_something_else_is_refused(setup, tmp_path, change, field):
+    teacher, data, collator = setup
+    attach_teacher_states(data, teacher, collator, "dynamic", "diagonal", tmp_path / "cache")
+    delta = 2 if change == "delta" else "dynamic"
+    if change == "weights":
+        with torch.no_grad():
+            teacher.transformer.h[1].mlp.c_fc.bias[0] += 1e-3
+    if change == "data":
+        data = data.select(range(len(data) - 1))
+    with pytest.raises(ValueError, match=f"built from something else.*{field}"):
+        attach_teacher_states(data, teacher, collator, delta, "diagonal", tmp_path / "cache")
+
+
+def test_a_trainer_reading_the_cache_computes_the_same_loss(setup, tmp_path, tokenizer):
+    teacher, data, collator = setup
+    student = ImplicitCoTStudent.from_base_model(AutoModelForCausalLM.from_config(tiny_config("gpt2", tokenizer, layers=4)),
+                                                 teacher_num_layers=4, teacher_hidden_size=32).eval()
+    trainer = MindReadingTrainer(model=student, teacher=teacher, args=MindReadingConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True),
+                                 data_collator=collator, separator_id=tokenizer.eos_token_id)
+    cached = attach_teacher_states(data, teacher, collator, "dynamic", "diagonal", tmp_path / "cache")
+    with_cache = collator(cached.select(range(12)).to_list())
+    without = {k: v for k, v in with_cache.items() if k != "teacher_states"}
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.compute_loss(student, with_cache), trainer.compute_loss(student, without), atol=1e-6, rtol=1e-6)
+        # and the loss reads the cached column, not the teacher: other states give another loss
+        shuffled = dict(with_cache, teacher_states=with_cache["teacher_states"].roll(1, dims=0))
+        assert abs(float(trainer.compute_loss(student, shuffled)) - float(trainer.compute_loss(student, without))) > 1e-4
