@@ -133,8 +133,8 @@ def extract_teacher_states(
     `separators` holds each row's separator positions (B, >=2) in this padded batch.
     Only the blocks up to the last layer read run (`read_layer_inputs`); no loop over rows.
     """
-    if num_layers is None:
-        num_layers = teacher.config.num_hidden_layers if hasattr(teacher, "config") else None
+    if num_layers is None and not _runs_under_deepspeed(teacher):  # a DeepSpeed engine's .config is its own dict
+        num_layers = getattr(getattr(teacher, "config", None), "num_hidden_layers", None)
     if _runs_under_deepspeed(teacher) or num_layers is None:
         outputs = teacher(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
         hidden = outputs.hidden_states
