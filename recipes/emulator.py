@@ -10,10 +10,9 @@ from transformers import set_seed
 
 from icot_hf import ImplicitCoTEmulator
 from icot_hf.recipe_utils import (
-    ScriptArguments, train_and_save, build_distillation_base, collator_for, context_length_of, load_splits,
+    ScriptArguments, attach_state_cache, train_and_save, build_distillation_base, collator_for, context_length_of, load_splits,
     load_teacher, load_tokenizer, parse_args,
 )
-from icot_hf.state_cache import attach_teacher_states
 from icot_hf.trainers import ThoughtEmulationConfig, ThoughtEmulationTrainer
 
 
@@ -32,10 +31,7 @@ def main():
     )
     views = ("explicit", "implicit")
     train, evaluation = load_splits(script_args, tokenizer, views, context_length_of(teacher))
-    if training_args.teacher_state_cache:  # the teacher runs once over the training split, not every step
-        with training_args.main_process_first(desc="teacher-state cache"):  # rank 0 builds it, the others then read it
-            train = attach_teacher_states(train, teacher.to(training_args.device), collator_for(tokenizer, views), training_args.delta,
-                                          training_args.subset, training_args.teacher_state_cache, training_args.per_device_eval_batch_size)
+    train = attach_state_cache(train, teacher, tokenizer, views, training_args)  # teacher_state_cache: extract once
     trainer = ThoughtEmulationTrainer(
         model=emulator,
         teacher=teacher,

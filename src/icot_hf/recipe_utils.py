@@ -182,6 +182,19 @@ def collator_for(tokenizer, views):
     return ICoTCollator(pad, views=views)
 
 
+def attach_state_cache(train, teacher, tokenizer, views, training_args):
+    """With `teacher_state_cache` set, `train` with the teacher's states as a column (the teacher
+    then runs once over the split, not every step); else `train` as it is. Rank 0 builds the
+    cache, the other ranks then read it."""
+    if not training_args.teacher_state_cache:
+        return train
+    from .state_cache import attach_teacher_states
+
+    with training_args.main_process_first(desc="teacher-state cache"):
+        return attach_teacher_states(train, teacher.to(training_args.device), collator_for(tokenizer, views), training_args.delta,
+                                     training_args.subset, training_args.teacher_state_cache, training_args.per_device_eval_batch_size)
+
+
 def checkpoint_is_complete(path: Path) -> bool:
     """The Trainer writes trainer_state.json last: a checkpoint without a readable one (with
     the step its folder is named after) was cut off mid-save."""

@@ -133,18 +133,20 @@ def extract_teacher_states(
     `separators` holds each row's separator positions (B, >=2) in this padded batch.
     Only the blocks up to the last layer read run (`read_layer_inputs`); no loop over rows.
     """
-    if num_layers is None and not _runs_under_deepspeed(teacher):  # a DeepSpeed engine's .config is its own dict
+    hidden = None
+    under_deepspeed = _runs_under_deepspeed(teacher)  # a DeepSpeed engine's .config is its own dict
+    if num_layers is None and not under_deepspeed:
         num_layers = getattr(getattr(teacher, "config", None), "num_hidden_layers", None)
-    if _runs_under_deepspeed(teacher) or num_layers is None:
-        outputs = teacher(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
-        hidden = outputs.hidden_states
+    if under_deepspeed or num_layers is None:  # the whole forward, every hidden state
+        hidden = teacher(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False).hidden_states
         num_layers = num_layers or (len(hidden) - 1)
-        stacked = torch.stack(hidden[:num_layers])  # (L, B, T, H): entry l is the input of layer l
-        layer_index, position = state_grid_positions(separators[:, 0], separators[:, 1], num_layers, delta, pattern)
-        rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(position)
-        return normalize_states(stacked[layer_index, rows, position].float())
     layer_index, position = state_grid_positions(separators[:, 0], separators[:, 1], num_layers, delta, pattern)
-    return normalize_states(read_layer_inputs(teacher, input_ids, attention_mask, layer_index, position).float())
+    if hidden is None:
+        states = read_layer_inputs(teacher, input_ids, attention_mask, layer_index, position)
+    else:
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(position)
+        states = torch.stack(hidden[:num_layers])[layer_index, rows, position]  # entry l of hidden is the input of layer l
+    return normalize_states(states.float())
 
 
 class SeparatorCountCriteria(StoppingCriteria):
@@ -206,7 +208,6 @@ def generation_kwargs(separator_id: int, pad_token_id: int, prompt_length: int, 
     )
 
 
-@torch.no_grad()
 def prompt_position_ids(attention_mask: torch.Tensor, position_gap) -> torch.Tensor:
     """Position ids of left-padded `input S` prompts whose separator sits `position_gap` places
     later than its index (a model trained with ICoT-SI's keep_positions: the removed chain of
@@ -217,6 +218,7 @@ def prompt_position_ids(attention_mask: torch.Tensor, position_gap) -> torch.Ten
     return positions
 
 
+@torch.no_grad()
 def generate_explicit(model, input_ids, attention_mask, separator_id: int, pad_token_id: int, max_new_tokens: int = 256, num_beams: int = 1,
                       position_gap=0) -> dict[str, list[list[int]]]:
     """Batched explicit-CoT generation from left-padded `input S` prompts.

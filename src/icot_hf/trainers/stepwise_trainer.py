@@ -31,7 +31,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from ..teacher import cut_after_separators, generation_kwargs, new_token_budget, prompt_position_ids
+from ..teacher import generate_explicit
 from .base import ICoTTrainer, token_accuracy
 from .stepwise_config import StepwiseInternalizationConfig
 from .teacher_trainer import implicit_prompts
@@ -139,7 +139,7 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
         self.add_callback(self.schedule)
         self._stage = None  # the stage of the last training step
         self._gate_batches = None
-        self._cot_length = None
+        self._cot_lengths = None
 
     # ------------------------------------------------------------------ the schedule
 
@@ -155,12 +155,16 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
     def scheduled_removal(self, step: int | None = None) -> int:
         return self.current_stage(step) * self.args.remove_per_stage
 
+    def cot_lengths(self) -> np.ndarray:
+        """Chain-of-thought length of every training example (read once)."""
+        if self._cot_lengths is None:
+            separators = np.asarray(self.train_dataset["explicit_separators"])
+            self._cot_lengths = separators[:, 1] - separators[:, 0] - 1
+        return self._cot_lengths
+
     def longest_cot(self) -> int:
         """Tokens in the longest chain of thought of the training set: past it, all CoT is gone."""
-        if self._cot_length is None:
-            separators = np.asarray(self.train_dataset["explicit_separators"])
-            self._cot_length = int((separators[:, 1] - separators[:, 0] - 1).max())
-        return self._cot_length
+        return int(self.cot_lengths().max())
 
     def fully_removed(self, stage: int) -> bool:
         return stage * self.args.remove_per_stage >= self.longest_cot()
@@ -306,8 +310,7 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
     def _record_position_gap(self) -> None:
         """The final model skips the positions of the CoT it no longer writes: record how many
         (the median training CoT length, capped by what the last stage removed) for generation."""
-        separators = np.asarray(self.train_dataset["explicit_separators"])
-        median = int(np.median(separators[:, 1] - separators[:, 0] - 1))
+        median = int(np.median(self.cot_lengths()))
         gap = min(self.evaluated_stage() * self.args.remove_per_stage, median)
         self.accelerator.unwrap_model(self.model).config.icot_position_gap = gap
         logger.info("stepwise: keep_positions model answers with a position gap of %d (saved as config.icot_position_gap)", gap)
@@ -340,11 +343,9 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
     def answer_batch(self, model, batch):
         prompts, mask = implicit_prompts(batch, self.separator_id)
         pad = self.processing_class.pad_token_id
-        extra, gap = {}, 0
+        gaps = 0
         if self.args.keep_positions:  # each row's separator sits after the CoT span this stage removes
             separators = batch["explicit_separators"]
             gaps = torch.clamp(separators[:, 1] - separators[:, 0] - 1, max=self.evaluated_stage() * self.args.remove_per_stage)
-            extra["position_ids"], gap = prompt_position_ids(mask, gaps), int(gaps.max())
-        generated = model.generate(input_ids=prompts, attention_mask=mask, **extra,
-                                   **generation_kwargs(self.separator_id, self.separator_id if pad is None else pad, prompts.shape[1], 2, new_token_budget(model, prompts.shape[1] + gap, self.args.max_new_tokens)))
-        return cut_after_separators(generated[:, prompts.shape[1] :], self.separator_id, 2)
+        return generate_explicit(model, prompts, mask, self.separator_id, self.separator_id if pad is None else pad,
+                                 self.args.max_new_tokens, position_gap=gaps)["answer"]
