@@ -11,7 +11,7 @@ from transformers import set_seed
 
 from icot_hf import ImplicitCoTEmulator, ImplicitCoTForCausalLM, ImplicitCoTStudent
 from icot_hf.recipe_utils import (
-    ScriptArguments, train_and_save, collator_for, context_length_of, load_splits, load_tokenizer, parse_args,
+    ScriptArguments, begin_run, train_and_save, collator_for, context_length_of, load_splits, load_tokenizer, parse_args,
 )
 from icot_hf.tokenization import separator_token_id
 from icot_hf.trainers import CoupledConfig, CoupledTrainer
@@ -20,6 +20,8 @@ from icot_hf.trainers import CoupledConfig, CoupledTrainer
 def main():
     script_args, training_args = parse_args(ScriptArguments, CoupledConfig)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
+    if not begin_run(script_args, training_args):  # finished with these settings: nothing to do
+        return
     set_seed(training_args.seed)
     if not (script_args.student_name_or_path and script_args.emulator_name_or_path):
         raise ValueError("couple.py needs student_name_or_path and emulator_name_or_path (the two earlier stages' outputs)")

@@ -97,6 +97,18 @@ def load_answerers(args: EvalArguments) -> dict:
     return answerers
 
 
+def read_stage_seconds(path: Path) -> dict[str, int]:
+    """`make reproduce`'s wall time per stage (`name seconds` lines; the latest run of a stage wins)."""
+    if not path.is_file():
+        return {}
+    times = {}
+    for line in path.read_text().splitlines():
+        name, _, seconds = line.strip().rpartition(" ")
+        if name and seconds.isdigit():
+            times[name] = int(seconds)
+    return times
+
+
 def main():
     (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses()
     logging.basicConfig(level=logging.INFO)
@@ -117,6 +129,9 @@ def main():
                     entry.update(accuracy=run["accuracy"], num_examples=run["num_examples"], sample_predictions=run["predictions"][:5])
                 logger.info("%s | %s | batch %d: exact match %.3f, %.1f examples/s", set_name, method, batch_size, run["accuracy"], run["examples_per_second"])
             per_method[method] = entry
+    stage_times = read_stage_seconds(Path(args.output_dir) / "stage_seconds.txt")
+    if stage_times:
+        results["stage_wall_seconds"] = stage_times
     paths = write_results(results, args.output_dir)
     print(Path(paths["markdown"]).read_text())
     print(f"wrote {', '.join(str(p) for p in paths.values())}")

@@ -10,7 +10,7 @@ from transformers import set_seed
 
 from icot_hf import ImplicitCoTStudent
 from icot_hf.recipe_utils import (
-    ScriptArguments, attach_state_cache, train_and_save, build_distillation_base, collator_for, context_length_of, load_splits,
+    ScriptArguments, begin_run, attach_state_cache, train_and_save, build_distillation_base, collator_for, context_length_of, load_splits,
     load_teacher, load_tokenizer, parse_args,
 )
 from icot_hf.tokenization import separator_token_id
@@ -20,6 +20,8 @@ from icot_hf.trainers import MindReadingConfig, MindReadingTrainer
 def main():
     script_args, training_args = parse_args(ScriptArguments, MindReadingConfig)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
+    if not begin_run(script_args, training_args):  # finished with these settings: nothing to do
+        return
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(script_args, fallback_path=script_args.teacher_name_or_path)
     teacher = load_teacher(script_args)

@@ -10,7 +10,7 @@ import logging
 from transformers import AutoModelForCausalLM, set_seed
 
 from icot_hf.recipe_utils import (
-    ScriptArguments, build_base_model, collator_for, context_length_of, load_splits, load_tokenizer, parse_args, train_and_save,
+    ScriptArguments, begin_run, build_base_model, collator_for, context_length_of, load_splits, load_tokenizer, parse_args, train_and_save,
 )
 from icot_hf.tokenization import separator_token_id
 from icot_hf.trainers import StepwiseInternalizationConfig, StepwiseInternalizationTrainer
@@ -19,6 +19,8 @@ from icot_hf.trainers import StepwiseInternalizationConfig, StepwiseInternalizat
 def main():
     script_args, training_args = parse_args(ScriptArguments, StepwiseInternalizationConfig)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
+    if not begin_run(script_args, training_args):  # finished with these settings: nothing to do
+        return
     set_seed(training_args.seed)
     # Start from the explicit-CoT teacher when given, else from model_name_or_path / model_config.
     tokenizer = load_tokenizer(script_args, fallback_path=script_args.teacher_name_or_path)

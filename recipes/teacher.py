@@ -9,7 +9,7 @@ import logging
 from transformers import set_seed
 
 from icot_hf.recipe_utils import (
-    ScriptArguments, train_and_save, build_base_model, collator_for, context_length_of, load_splits,
+    ScriptArguments, begin_run, train_and_save, build_base_model, collator_for, context_length_of, load_splits,
     load_tokenizer, parse_args,
 )
 from icot_hf.tokenization import separator_token_id
@@ -19,6 +19,8 @@ from icot_hf.trainers import TeacherConfig, TeacherTrainer
 def main():
     script_args, training_args = parse_args(ScriptArguments, TeacherConfig)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
+    if not begin_run(script_args, training_args):  # finished with these settings: nothing to do
+        return
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(script_args)
     model = build_base_model(script_args, tokenizer)

@@ -3,8 +3,10 @@
 #   data -> teacher -> (mind-reading student, thought emulator) -> coupled -> evaluation
 # plus ICoT-SI from the same teacher and a no-CoT baseline of the teacher's size and example
 # budget, then the results table and the learning curves (results/$TASK/).
-# Every stage is skipped when its finished model exists (training_complete.json), and an
-# interrupted stage resumes from its last checkpoint, so re-running continues the run.
+# Every stage is launched each time with --rerun_if_changed: a stage whose finished model was
+# built from the same settings and upstream models is a no-op, an interrupted one resumes from
+# its last checkpoint, and one whose config or upstream model changed (a retrained teacher)
+# trains afresh (icot_hf/run_record.py). So re-running continues or refreshes the run.
 #
 #   TASK=4x4_mult PRESET=cpu TEST_FILE=../shared/data/icot_original/4_by_4_mult/test_bigbench.txt \
 #       bash scripts/reproduce.sh
@@ -49,14 +51,20 @@ mkdir -p "$OUT" "$RESULTS" logs
 export HF_HUB_DISABLE_TELEMETRY=1
 STARTED=$(date +%s)
 
-timed() {  # timed NAME COMMAND...: run, log to logs/, and record the wall time
+timed() {  # timed NAME COMMAND...: run, log to logs/, and record the wall time of stages that trained
   local name=$1; shift
   local t0; t0=$(date +%s)
+  local marker=${MARKER:-}
+  local before=""; [ -n "$marker" ] && [ -f "$marker" ] && before=$(stat -c %Y.%s "$marker")
   echo "==> [$TASK] $name  ($(date +%H:%M:%S))"
   if [ -n "${QUIET:-}" ]; then
     "$@" > "logs/${TASK}_${name}.log" 2>&1 || { echo "==> [$TASK] $name FAILED: see logs/${TASK}_${name}.log"; tail -n 20 "logs/${TASK}_${name}.log"; return 1; }
   else
     "$@" 2>&1 | tee "logs/${TASK}_${name}.log" || return 1
+  fi
+  if [ -n "$marker" ] && [ -f "$marker" ] && [ "$(stat -c %Y.%s "$marker")" = "$before" ]; then
+    echo "==> [$TASK] $name: already done with these settings and upstream models ($(dirname "$marker"))"
+    return
   fi
   echo "$name $(( $(date +%s) - t0 ))" >> "$RESULTS/stage_seconds.txt"
   [ -z "${QUIET:-}" ] || echo "==> [$TASK] $name finished in $(( $(date +%s) - t0 )) s"
@@ -64,13 +72,9 @@ timed() {  # timed NAME COMMAND...: run, log to logs/, and record the wall time
 
 stage() {  # stage NAME RECIPE CONFIG OUTPUT_DIR [extra args]
   local name=$1 recipe=$2 config=$3 output=$4; shift 4
-  if [ -f "$output/training_complete.json" ]; then
-    echo "==> [$TASK] $name: done ($output), skipping"
-    return
-  fi
   # shellcheck disable=SC2086
-  timed "$name" "$ACCELERATE" launch --config_file "$ACCELERATE_CONFIG" "$REPO/recipes/$recipe.py" \
-    --config "$CONFIGS/$config.yaml" --output_dir "$output" "$@" $EXTRA_ARGS
+  MARKER="$output/training_complete.json" timed "$name" "$ACCELERATE" launch --config_file "$ACCELERATE_CONFIG" "$REPO/recipes/$recipe.py" \
+    --config "$CONFIGS/$config.yaml" --output_dir "$output" --rerun_if_changed true "$@" $EXTRA_ARGS
 }
 
 # 1. data

@@ -4,6 +4,7 @@ data -> teacher -> no-CoT -> student -> emulator -> coupled (ICoT-KD) and stepwi
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,10 +48,27 @@ def test_reproduce_pipeline_end_to_end(tmp_path):
     assert "### ICoT-SI" in (tmp_path / "results" / "tiny" / "learning_curves.md").read_text()
     config = json.loads((tmp_path / "outputs" / "tiny" / "coupled" / "config.json").read_text())
     assert config["model_type"] == "icot" and config["student"]["base_config"]["model_type"] == "gpt2"
-    # A second run finds every stage finished and only re-evaluates.
+    results_times = json.loads((tmp_path / "results" / "tiny" / "results.json").read_text())["stage_wall_seconds"]
+    assert set(results_times) >= {"teacher", "no_cot", "mind_reading", "emulator", "coupled", "stepwise"}
+    assert "Wall time per stage" in table
+    # A second run finds every stage finished with the same settings: no stage trains again.
+    timed_lines = (tmp_path / "results" / "tiny" / "stage_seconds.txt").read_text().splitlines()
     again = subprocess.run(["bash", str(REPO / "scripts" / "reproduce.sh")], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert again.returncode == 0
-    assert again.stdout.count("skipping") == 6
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count("already done with these settings") == 6
+    retimed = (tmp_path / "results" / "tiny" / "stage_seconds.txt").read_text().splitlines()
+    assert [line.split()[0] for line in retimed[len(timed_lines):]] == ["evaluate"]
+    # A changed emulator config retrains the emulator, and the coupled model built from the old
+    # emulator (its upstream) with it; the teacher, student and the rest stay as they were.
+    configs = tmp_path / "configs"
+    shutil.copytree(REPO / "tests" / "configs" / "tiny", configs)
+    emulator_config = configs / "emulator.yaml"
+    emulator_config.write_text(emulator_config.read_text() + "\nseed: 1234\n")
+    third = subprocess.run(["bash", str(REPO / "scripts" / "reproduce.sh")], cwd=tmp_path, env=dict(env, CONFIGS=str(configs)),
+                           capture_output=True, text=True)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    trained = [line.split()[0] for line in (tmp_path / "results" / "tiny" / "stage_seconds.txt").read_text().splitlines()[len(retimed):]]
+    assert sorted(trained) == ["coupled", "emulator", "evaluate"]
 
 
 def test_reproduce_rejects_unknown_method(tmp_path):

@@ -21,11 +21,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, HfArgu
 from transformers.trainer_utils import get_last_checkpoint
 
 from .curves import write_learning_curve
+from .run_record import COMPLETE_MARKER, begin_run, finish_run  # noqa: F401  (COMPLETE_MARKER re-exported)
 from .data import ICoTCollator, load_icot_dataset, model_context_length, tokenize_dataset
 from .tokenization import build_digit_tokenizer, separator_token_id
 
 logger = logging.getLogger(__name__)
-COMPLETE_MARKER = "training_complete.json"
 
 
 @dataclass
@@ -54,6 +54,14 @@ class ScriptArguments:
     )
     separator_token: str | None = field(default=None, metadata={"help": "Token used as the separator S (default: eos)."})
     on_overflow: str = field(default="error", metadata={"help": "Sequences over the model's context: 'error' or 'drop'."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Start a fresh run in output_dir, replacing the files an earlier run of ours wrote there."}
+    )
+    rerun_if_changed: bool = field(
+        default=False,
+        metadata={"help": "If output_dir holds a run with other settings or upstream models, start a fresh run instead of "
+                  "stopping (a finished run with the same ones is still a no-op). `make reproduce` sets it."},
+    )
 
     def __post_init__(self):
         if self.on_overflow not in ("error", "drop"):
@@ -220,14 +228,6 @@ def last_checkpoint(output_dir: str) -> str | None:
     return get_last_checkpoint(str(root))
 
 
-def mark_complete(output_dir: str, metrics: dict) -> None:
-    """Written last, after the final model: its presence means the stage finished."""
-    path = Path(output_dir) / COMPLETE_MARKER
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(metrics, indent=2, default=float))
-    os.replace(temporary, path)
-
-
 def context_length_of(model) -> int | None:
     config = getattr(model, "config", None)
     base = getattr(config, "base_config", None)
@@ -235,9 +235,11 @@ def context_length_of(model) -> int | None:
 
 
 def train_and_save(trainer, training_args) -> dict:
-    """Train (resuming from the last checkpoint if an earlier run was interrupted), save
-    the final model and tokenizer, evaluate, and mark the stage complete."""
-    result = trainer.train(resume_from_checkpoint=last_checkpoint(training_args.output_dir))
+    """Train (from `--resume_from_checkpoint` if given, else resuming from the last checkpoint
+    if an earlier run of the same settings was interrupted), save the final model and
+    tokenizer, evaluate, and mark the stage complete (`begin_run` has cleared the marker)."""
+    resume = training_args.resume_from_checkpoint or last_checkpoint(training_args.output_dir)
+    result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
     metrics = dict(result.metrics)
     if trainer.eval_dataset is not None:
@@ -246,5 +248,5 @@ def train_and_save(trainer, training_args) -> dict:
     trainer.save_metrics("final", metrics)
     if trainer.is_world_process_zero():
         write_learning_curve(trainer, training_args.output_dir)
-        mark_complete(training_args.output_dir, metrics)
+        finish_run(training_args.output_dir, metrics)
     return metrics

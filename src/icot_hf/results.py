@@ -31,6 +31,11 @@ def markdown_table(results: dict) -> str:
             row.append(f"{mine / explicit:.2f}x" if mine and explicit else "-")
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+    if results.get("stage_wall_seconds"):
+        lines += ["## Wall time per stage (make reproduce)", "", "| Stage | Minutes |", "|---|---|"]
+        lines += [f"| {name} | {seconds / 60:.1f} |" for name, seconds in results["stage_wall_seconds"].items()]
+        lines.append(f"| total of the stages | {sum(results['stage_wall_seconds'].values()) / 60:.1f} |")
+        lines.append("")
     if results.get("notes"):
         lines.append(results["notes"])
     return "\n".join(lines) + "\n"

@@ -1,0 +1,149 @@
+"""Re-run semantics of a recipe's output_dir (icot_hf/run_record.py): a finished run with the
+same settings and upstream models is a no-op, anything else stops with what differs unless the
+user asks for a fresh run or a resume; a fresh run removes only what a run writes; the marker
+records the settings, the upstream fingerprints and the weights' hash."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from icot_hf.recipe_utils import ScriptArguments
+from icot_hf.run_record import COMPLETE_MARKER, SETTINGS_FILE, begin_run, finish_run, run_record
+from icot_hf.trainers import TeacherConfig
+
+
+def arguments(tmp_path, **changes):
+    script = ScriptArguments(dataset_name_or_path=str(tmp_path / "data.txt"), model_config="{model_type: gpt2, n_layer: 1}",
+                             teacher_name_or_path=changes.pop("teacher", None), rerun_if_changed=changes.pop("rerun", False),
+                             overwrite_output_dir=changes.pop("overwrite", False))
+    training = TeacherConfig(output_dir=str(tmp_path / "run"), use_cpu=True, report_to=[], **changes)
+    return script, training
+
+
+def finished_run(tmp_path, **changes):
+    """A run of ours that finished: begin, write model files and a checkpoint, finish."""
+    (tmp_path / "data.txt").write_text("1 2 * 3 4||5 6 #### 7 8\n")
+    script, training = arguments(tmp_path, **changes)
+    assert begin_run(script, training)
+    run = tmp_path / "run"
+    (run / "model.safetensors").write_bytes(b"weights")
+    (run / "checkpoint-5").mkdir()
+    finish_run(run, {"train_loss": 1.0})
+    return run
+
+
+def test_same_settings_is_a_no_op_and_the_marker_records_the_run(tmp_path):
+    run = finished_run(tmp_path, learning_rate=1e-3)
+    marker = json.loads((run / COMPLETE_MARKER).read_text())
+    assert marker["train_loss"] == 1.0 and len(marker["weights_sha256"]) == 64
+    assert marker["run"]["settings"]["learning_rate"] == 1e-3
+    assert marker["run"]["upstream"]["dataset_name_or_path"].startswith("sha256:")
+    assert not begin_run(*arguments(tmp_path, learning_rate=1e-3))
+    assert (run / COMPLETE_MARKER).exists() and (run / "checkpoint-5").exists()
+
+
+def test_changed_setting_stops_and_names_it(tmp_path):
+    run = finished_run(tmp_path, learning_rate=1e-3)
+    with pytest.raises(SystemExit, match=r"learning_rate: 0.001 -> 0.0003(.|\n)*--overwrite_output_dir"):
+        begin_run(*arguments(tmp_path, learning_rate=3e-4))
+    assert (run / COMPLETE_MARKER).exists() and (run / "model.safetensors").exists()  # nothing touched
+
+
+def test_output_location_and_logging_are_not_settings(tmp_path):
+    finished_run(tmp_path, logging_steps=10)
+    assert not begin_run(*arguments(tmp_path, logging_steps=50, per_device_eval_batch_size=3))
+
+
+def test_fresh_run_removes_only_what_a_run_writes(tmp_path):
+    run = finished_run(tmp_path, learning_rate=1e-3)
+    (run / "notes.txt").write_text("mine")
+    assert begin_run(*arguments(tmp_path, learning_rate=3e-4, overwrite=True))
+    assert (run / "notes.txt").read_text() == "mine"
+    assert not (run / "model.safetensors").exists() and not (run / "checkpoint-5").exists()
+    assert not (run / COMPLETE_MARKER).exists()
+    assert json.loads((run / SETTINGS_FILE).read_text())["settings"]["learning_rate"] == 3e-4
+
+
+def test_rerun_if_changed_refreshes_only_a_changed_run(tmp_path):
+    run = finished_run(tmp_path, learning_rate=1e-3)
+    assert not begin_run(*arguments(tmp_path, learning_rate=1e-3, rerun=True))
+    assert begin_run(*arguments(tmp_path, learning_rate=3e-4, rerun=True))
+    assert not (run / "checkpoint-5").exists()
+
+
+def test_retrained_upstream_model_makes_the_run_stale(tmp_path):
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "model.safetensors").write_bytes(b"teacher v1")
+    finish_run(teacher, {})
+    finished_run(tmp_path, teacher=str(teacher))
+    assert not begin_run(*arguments(tmp_path, teacher=str(teacher)))
+    (teacher / "model.safetensors").write_bytes(b"teacher v2")
+    finish_run(teacher, {})
+    with pytest.raises(SystemExit, match="upstream teacher_name_or_path"):
+        begin_run(*arguments(tmp_path, teacher=str(teacher)))
+
+
+def test_interrupted_run_resumes_only_with_the_same_settings(tmp_path):
+    (tmp_path / "data.txt").write_text("1 2 * 3 4||5 6 #### 7 8\n")
+    script, training = arguments(tmp_path, learning_rate=1e-3)
+    assert begin_run(script, training)
+    (tmp_path / "run" / "checkpoint-10").mkdir()  # killed after a checkpoint
+    assert begin_run(*arguments(tmp_path, learning_rate=1e-3))
+    assert (tmp_path / "run" / "checkpoint-10").exists()
+    with pytest.raises(SystemExit, match="interrupted run"):
+        begin_run(*arguments(tmp_path, learning_rate=3e-4))
+    # an explicit resume continues it with the new settings
+    assert begin_run(*arguments(tmp_path, learning_rate=3e-4, resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-10")))
+    assert (tmp_path / "run" / "checkpoint-10").exists()
+
+
+def test_a_folder_that_is_not_a_run_is_never_written(tmp_path):
+    (tmp_path / "data.txt").write_text("1 2 * 3 4||5 6 #### 7 8\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="holds no icot_hf run"):
+            begin_run(*arguments(tmp_path, overwrite=overwrite))
+    assert os.listdir(tmp_path / "run") == ["notes.txt"]
+
+
+def test_record_covers_the_stage_arguments(tmp_path):
+    (tmp_path / "data.txt").write_text("x")
+    record = run_record(*arguments(tmp_path, learning_rate=2e-3))
+    assert record["settings"]["learning_rate"] == 2e-3 and record["settings"]["view"] == "explicit"
+    assert "output_dir" not in record["settings"] and "overwrite_output_dir" not in record["settings"]
+
+
+@pytest.mark.slow
+def test_recipe_rerun_through_the_command_line(tmp_path):
+    """The real teacher recipe: same command twice (second: nothing to do, model untouched);
+    a changed learning rate stops with its name; --overwrite_output_dir trains it afresh."""
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, str(REPO / "dataset_scripts" / "make_multiplication.py"), "--digits", "2", "--train_size", "200",
+                    "--valid_size", "10", "--test_size", "10", "--output_dir", str(data)], check=True, capture_output=True)
+    out = tmp_path / "teacher"
+    base = [sys.executable, str(REPO / "recipes" / "teacher.py"), "--dataset_name_or_path", str(data), "--output_dir", str(out),
+            "--model_config", "{model_type: gpt2, n_layer: 1, n_embd: 16, n_head: 2, n_positions: 64}", "--max_steps", "3",
+            "--per_device_train_batch_size", "8", "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", "--use_cpu", "true"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+
+    def launch(*extra):
+        return subprocess.run(base + list(extra), env=env, capture_output=True, text=True, timeout=600)
+
+    assert launch("--learning_rate", "1e-3").returncode == 0
+    first = json.loads((out / COMPLETE_MARKER).read_text())
+    weights_time = (out / "model.safetensors").stat().st_mtime_ns
+    again = launch("--learning_rate", "1e-3")
+    assert again.returncode == 0 and "nothing to do" in again.stderr
+    assert (out / "model.safetensors").stat().st_mtime_ns == weights_time
+    changed = launch("--learning_rate", "3e-4")
+    assert changed.returncode != 0 and "learning_rate: 0.001 -> 0.0003" in changed.stderr
+    assert json.loads((out / COMPLETE_MARKER).read_text()) == first  # the finished run is intact
+    fresh = launch("--learning_rate", "3e-4", "--overwrite_output_dir", "true")
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert json.loads((out / COMPLETE_MARKER).read_text())["run"]["settings"]["learning_rate"] == 3e-4
