@@ -11,7 +11,7 @@ from transformers import set_seed
 
 from icot_hf import ImplicitCoTEmulator, ImplicitCoTForCausalLM, ImplicitCoTStudent
 from icot_hf.recipe_utils import (
-    ScriptArguments, begin_run, train_and_save, collator_for, context_length_of, load_splits, load_tokenizer, parse_args,
+    ScriptArguments, begin_run, train_and_save, collator_for, context_length_of, load_splits, distillation_tokenizer, parse_args,
 )
 from icot_hf.tokenization import separator_token_id
 from icot_hf.trainers import CoupledConfig, CoupledTrainer
@@ -25,7 +25,8 @@ def main():
     set_seed(training_args.seed)
     if not (script_args.student_name_or_path and script_args.emulator_name_or_path):
         raise ValueError("couple.py needs student_name_or_path and emulator_name_or_path (the two earlier stages' outputs)")
-    tokenizer = load_tokenizer(script_args, fallback_path=script_args.student_name_or_path)
+    tokenizer = distillation_tokenizer(script_args, {"the student": script_args.student_name_or_path,
+                                                     "the emulator": script_args.emulator_name_or_path})
     student = ImplicitCoTStudent.from_pretrained(script_args.student_name_or_path)
     emulator = ImplicitCoTEmulator.from_pretrained(script_args.emulator_name_or_path)
     emulator.config.softmax_temperature = training_args.softmax_temperature

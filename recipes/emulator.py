@@ -11,9 +11,10 @@ from transformers import set_seed
 from icot_hf import ImplicitCoTEmulator
 from icot_hf.recipe_utils import (
     ScriptArguments, begin_run, attach_state_cache, train_and_save, build_distillation_base, collator_for, context_length_of, load_splits,
-    load_teacher, load_tokenizer, parse_args,
+    load_teacher, distillation_tokenizer, parse_args,
 )
 from icot_hf.trainers import ThoughtEmulationConfig, ThoughtEmulationTrainer
+from icot_hf.trainers.common_config import parse_teacher_layers
 
 
 def main():
@@ -22,12 +23,13 @@ def main():
     if not begin_run(script_args, training_args):  # finished with these settings: nothing to do
         return
     set_seed(training_args.seed)
-    tokenizer = load_tokenizer(script_args, fallback_path=script_args.teacher_name_or_path)
+    tokenizer = distillation_tokenizer(script_args, {"the teacher": script_args.teacher_name_or_path})
     teacher = load_teacher(script_args)
     emulator = ImplicitCoTEmulator.from_base_model(
         build_distillation_base(script_args, tokenizer, teacher),
         teacher_num_layers=teacher.config.num_hidden_layers,
         teacher_hidden_size=teacher.config.hidden_size,
+        teacher_layers=parse_teacher_layers(training_args.teacher_layers),
         mixture_size=training_args.mixture_size,
         softmax_temperature=training_args.softmax_temperature,
     )

@@ -145,3 +145,53 @@ def test_evaluate_models_names_a_swapped_folder_before_loading(tmp_path, tokeniz
                           "--teacher_model", str(tmp_path / "teacher"), "--implicit_model", str(tmp_path / "teacher"), "--output_dir", str(tmp_path / "r")],
                          capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     assert run.returncode != 0 and "--implicit_model" in run.stderr and "holds a plain gpt2 model" in run.stderr, run.stderr[-800:]
+
+
+def run_mind_reading(tmp_path, *extra):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    data = tmp_path / "data.txt"
+    data.write_text((LINE + "\n") * 16)
+    command = [sys.executable, str(REPO / "recipes" / "mind_reading.py"), "--dataset_name_or_path", str(data), "--eval_split", "none",
+               "--teacher_name_or_path", str(tmp_path / "teacher"), "--output_dir", str(tmp_path / "student"), "--max_steps", "1",
+               "--per_device_train_batch_size", "4", "--save_strategy", "no", "--use_cpu", "true", *extra]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
+
+
+@pytest.fixture
+def two_layer_teacher(tmp_path, tokenizer):
+    AutoModelForCausalLM.from_config(tiny_config("gpt2", tokenizer)).save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    return tmp_path / "teacher"
+
+
+def test_a_student_shallower_than_its_teacher_is_told_how_to_map_layers(tmp_path, two_layer_teacher):
+    """The depth-mismatch error names the recipe field, with a value that works; that value trains."""
+    student = "{model_type: gpt2, n_layer: 1, n_embd: 32, n_head: 2, n_positions: 64}"
+    refused = run_mind_reading(tmp_path, "--model_config", student)
+    assert refused.returncode != 0 and "`teacher_layers: [2]`" in refused.stderr, refused.stderr[-1500:]
+    trained = run_mind_reading(tmp_path, "--model_config", student, "--teacher_layers", "2")
+    assert trained.returncode == 0, trained.stderr[-1500:]
+    import json
+
+    assert json.loads((tmp_path / "student" / "config.json").read_text())["teacher_layers"] == [2]
+
+
+def test_a_student_with_another_tokenizer_than_its_teacher_stops(tmp_path, two_layer_teacher, tokenizer):
+    other = build_digit_tokenizer_with_extra(tokenizer, tmp_path / "other_tokenizer")
+    run = run_mind_reading(tmp_path, "--tokenizer_name_or_path", str(other), "--init_from_teacher", "true")
+    assert run.returncode != 0 and "was trained with another tokenizer" in run.stderr and str(two_layer_teacher) in run.stderr, run.stderr[-1500:]
+    assert not (tmp_path / "student" / "model.safetensors").exists()
+
+
+def build_digit_tokenizer_with_extra(tokenizer, folder):
+    import copy
+
+    other = copy.deepcopy(tokenizer)
+    other.add_tokens(["%"])
+    other.save_pretrained(folder)
+    return folder

@@ -12,12 +12,18 @@ def _layers_and_width(config: PreTrainedConfig) -> tuple[int, int]:
     return int(config.num_hidden_layers), int(config.hidden_size)
 
 
+def _spread(teacher_num_layers: int, num_layers: int) -> list[int]:
+    """Evenly spaced teacher layers ending at the last one: the suggestion an error gives."""
+    return [round((i + 1) * teacher_num_layers / num_layers) - 1 for i in range(num_layers)]
+
+
 def _check_teacher_layers(teacher_layers, teacher_num_layers, num_layers, what):
     if teacher_layers is None:
         if teacher_num_layers is not None and teacher_num_layers != num_layers:
             raise ValueError(
                 f"the teacher has {teacher_num_layers} layers but the {what} has {num_layers}: give teacher_layers, "
-                f"a list of {num_layers} teacher layer indices (one per {what} layer), or use equal depths"
+                f"a list of {num_layers} teacher layer indices (one per {what} layer; in a recipe config, e.g. "
+                f"`teacher_layers: {_spread(teacher_num_layers, num_layers)}`), or use equal depths"
             )
         return
     if len(teacher_layers) != num_layers:

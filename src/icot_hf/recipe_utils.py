@@ -87,7 +87,7 @@ def parse_args(*config_classes, argv: list[str] | None = None):
         for key, value in list(values.items()):
             if isinstance(value, (dict, list)) and key == "model_config":
                 values[key] = json.dumps(value)
-            elif isinstance(value, list) and key == "lora_target_modules":
+            elif isinstance(value, list) and key in ("lora_target_modules", "teacher_layers"):
                 values[key] = ",".join(str(v) for v in value)  # [q_proj, v_proj] -> "q_proj,v_proj"
             elif isinstance(value, bool) and key.endswith("_strategy"):
                 if value:
@@ -151,6 +151,33 @@ def load_teacher(script_args: ScriptArguments):
     if not script_args.teacher_name_or_path:
         raise ValueError("teacher_name_or_path is required: the trained explicit-CoT teacher (local folder or Hub id)")
     return AutoModelForCausalLM.from_pretrained(script_args.teacher_name_or_path)
+
+
+def check_same_tokenizer(tokenizer, source: str, other_path: str | None, what: str) -> None:
+    """States and answers are indexed by token ids: a stage whose tokenizer differs from the
+    tokenizer its teacher (or student and emulator) was trained with would read the wrong
+    embeddings or index past them. Stop and say which two differ."""
+    if not other_path:
+        return
+    try:
+        other = AutoTokenizer.from_pretrained(other_path)
+    except (OSError, ValueError):
+        return  # a folder without a tokenizer: nothing to compare against
+    if other.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(f"{what} {other_path} was trained with another tokenizer ({len(other)} tokens) than this stage's "
+                         f"({len(tokenizer)} tokens, from {source}); token ids must mean the same to both: drop "
+                         f"tokenizer_name_or_path (the stage then uses {other_path}'s) or point it at {other_path}")
+
+
+def distillation_tokenizer(script_args: ScriptArguments, upstream: dict[str, str | None]):
+    """The tokenizer of a distillation stage (tokenizer_name_or_path, model_name_or_path's, else
+    the first upstream folder's), checked against every upstream folder's."""
+    fallback = next((path for path in upstream.values() if path), None)
+    tokenizer = load_tokenizer(script_args, fallback_path=fallback)
+    source = script_args.tokenizer_name_or_path or script_args.model_name_or_path or fallback or "the digit tokenizer"
+    for what, path in upstream.items():
+        check_same_tokenizer(tokenizer, source, path, what)
+    return tokenizer
 
 
 def build_distillation_base(script_args: ScriptArguments, tokenizer, teacher):

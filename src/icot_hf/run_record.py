@@ -12,7 +12,8 @@ run starts, so a crash mid-save never leaves a folder that looks finished).
 - empty or missing folder: a fresh run;
 - finished with the same record: nothing to do (a no-op, so `make reproduce` can re-launch
   every stage and only the stale ones train);
-- interrupted with the same record: resume from the last checkpoint;
+- interrupted with the same record: resume from the last checkpoint (a run that stopped before
+  its first checkpoint has nothing to resume: the launch starts afresh, whatever its settings);
 - anything else (a setting changed, an upstream model was retrained): stop and name what
   differs, unless `--overwrite_output_dir` (a fresh run) or an explicit
   `--resume_from_checkpoint` (continue with the new settings) or `--rerun_if_changed` (what
@@ -182,7 +183,8 @@ def _begin_run(script_args, training_args, is_main_process: bool) -> bool:
                        "(--overwrite_output_dir trains it again)", output_dir)
         return False
     previous = finished.get("run") if finished is not None else started
-    if not fresh and not explicit_resume and (finished is not None or is_our_run(output_dir)) and previous != record:
+    resumable = finished is not None or any(output_dir.glob("checkpoint-*"))  # a run that stopped before its first checkpoint left nothing to keep
+    if not fresh and not explicit_resume and resumable and previous != record:
         differences = record_differences(previous, record)
         if not rerun:
             state = "finished" if finished is not None else "interrupted"

@@ -71,8 +71,23 @@ class TeacherStatesArguments:
         default="diagonal",
         metadata={"help": "Teacher-state pattern: diagonal, first_column, last_column, top_row or bottom_row."},
     )
+    teacher_layers: str | None = field(
+        default=None,
+        metadata={"help": "Teacher layer read by each student/emulator layer, comma-separated (YAML: a list), e.g. "
+                  "'1,3,5,7' for a 4-layer student of an 8-layer teacher. Default: equal depths, layer i reads layer i."},
+    )
     teacher_state_cache: str | None = field(
         default=None,
         metadata={"help": "Folder for the training examples' teacher states, extracted once (built on first use, reused "
                   "after; an error if it was built from another teacher, data or settings). Unset: run the teacher each step."},
     )
+
+
+def parse_teacher_layers(value: str | None) -> list[int] | None:
+    """'1,3,5,7' -> [1, 3, 5, 7]; None stays None."""
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        return [int(part) for part in str(value).replace("[", "").replace("]", "").split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"teacher_layers must be comma-separated layer indices such as '1,3,5,7', got {value!r}") from None
