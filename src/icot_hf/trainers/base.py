@@ -132,6 +132,22 @@ class ICoTTrainer(Trainer):
         if getattr(self.args, "disable_dropout", False):
             disable_dropout(self.model)
 
+    def causal_lm_loss(self, model, labels: torch.Tensor, **forward_kwargs):
+        """(loss, outputs) of `model(**forward_kwargs)` against `labels`, recording token accuracy.
+        With `label_logits_only` (the default) the output layer runs on labelled positions only
+        (outputs is then None); where that does not apply, the model's own loss."""
+        if getattr(self.args, "label_logits_only", False):
+            from ..label_loss import label_position_loss
+
+            result = label_position_loss(model, labels, **forward_kwargs)
+            if result is not None:
+                loss, accuracy = result
+                self.record(token_accuracy=accuracy)
+                return loss, None
+        outputs = model(labels=labels, **forward_kwargs)
+        self.record(token_accuracy=token_accuracy(outputs.logits.detach(), labels))
+        return outputs.loss, outputs
+
     def record(self, **metrics: torch.Tensor | float) -> None:
         mode = "train" if self.model.training else "eval"
         for name, value in metrics.items():

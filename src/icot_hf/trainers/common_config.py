@@ -23,6 +23,12 @@ class ICoTTrainingArguments(TrainingArguments):
     eval_exact_match_samples: int = field(
         default=0, metadata={"help": "At each evaluation, generate answers for this many eval examples and log eval_exact_match (0: off)."}
     )
+    label_logits_only: bool = field(
+        default=True,
+        metadata={"help": "Compute the output layer and the loss only at labelled positions, in chunks, never the full "
+                  "(batch, length, vocab) logits (icot_hf.label_loss). Falls back to the model's own loss where the "
+                  "logits are not a plain linear map of the last hidden state, and under DeepSpeed ZeRO-3."},
+    )
     generation_batch_size: int = field(default=64, metadata={"help": "Batch size of generation-based evaluation."})
     use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters on the base causal LM(s) instead of all their weights."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})

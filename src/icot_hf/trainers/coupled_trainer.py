@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..teacher import cut_after_separators
-from .base import ICoTTrainer, token_accuracy
+from .base import ICoTTrainer
 from .coupled_config import CoupledConfig
 from .teacher_trainer import implicit_prompts
 
@@ -24,15 +24,14 @@ class CoupledTrainer(ICoTTrainer):
         super().__init__(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(
+        loss, outputs = self.causal_lm_loss(
+            model, inputs["implicit_labels"],
             input_ids=inputs["implicit_input_ids"],
             attention_mask=inputs["implicit_attention_mask"],
             separator_positions=inputs["implicit_separators"][:, 0],
-            labels=inputs["implicit_labels"],
             softmax_temperature=self.args.softmax_temperature,
         )
-        self.record(token_accuracy=token_accuracy(outputs.logits.detach(), inputs["implicit_labels"]))
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
+        return (loss, outputs) if return_outputs else loss
 
     def answer_batch(self, model, batch):
         separator = model.config.separator_token_id

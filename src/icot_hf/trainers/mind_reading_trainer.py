@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..teacher import cut_after_separators
-from .base import FrozenTeacherMixin, ICoTTrainer, token_accuracy
+from .base import FrozenTeacherMixin, ICoTTrainer
 from .mind_reading_config import MindReadingConfig
 from .teacher_trainer import implicit_prompts
 
@@ -26,15 +26,14 @@ class MindReadingTrainer(FrozenTeacherMixin, ICoTTrainer):
         self.separator_id = separator_id
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(
+        loss, outputs = self.causal_lm_loss(
+            model, inputs["implicit_labels"],
             input_ids=inputs["implicit_input_ids"],
             teacher_states=self.teacher_states(inputs),
             attention_mask=inputs["implicit_attention_mask"],
             separator_positions=inputs["implicit_separators"][:, 0],
-            labels=inputs["implicit_labels"],
         )
-        self.record(token_accuracy=token_accuracy(outputs.logits.detach(), inputs["implicit_labels"]))
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
+        return (loss, outputs) if return_outputs else loss
 
     def answer_batch(self, model, batch):
         prompts, mask = implicit_prompts(batch, self.separator_id)

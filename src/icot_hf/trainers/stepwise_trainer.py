@@ -32,7 +32,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from ..teacher import generate_explicit
-from .base import ICoTTrainer, token_accuracy
+from .base import ICoTTrainer
 from .stepwise_config import StepwiseInternalizationConfig
 from .teacher_trainer import implicit_prompts
 
@@ -255,9 +255,9 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
         else:  # evaluate at the removal the last training step used, no smoothing
             removed = torch.full((inputs["explicit_input_ids"].shape[0],), self.evaluated_stage() * self.args.remove_per_stage)
         ids, mask, labels, _ = remove_cot_tokens(inputs["explicit_input_ids"], inputs["explicit_attention_mask"], inputs["explicit_separators"], removed, self.pad_token_id)
-        outputs = model(input_ids=ids, attention_mask=mask, labels=labels, **self.positions(ids, inputs["explicit_separators"], removed))
-        self.record(token_accuracy=token_accuracy(outputs.logits.detach(), labels), removed_tokens=float(removed.float().mean()))
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
+        loss, outputs = self.causal_lm_loss(model, labels, input_ids=ids, attention_mask=mask, **self.positions(ids, inputs["explicit_separators"], removed))
+        self.record(removed_tokens=float(removed.float().mean()))
+        return (loss, outputs) if return_outputs else loss
 
     def positions(self, ids, separators, removed) -> dict:
         """`position_ids` for the model call under keep_positions, else nothing (the model's own)."""

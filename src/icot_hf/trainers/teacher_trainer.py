@@ -4,7 +4,7 @@ on `input S cot S answer S` (or `input S answer S` with view="implicit")."""
 from __future__ import annotations
 
 from ..teacher import cut_after_separators, generation_kwargs, new_token_budget
-from .base import ICoTTrainer, token_accuracy
+from .base import ICoTTrainer
 from .teacher_config import TeacherConfig
 
 
@@ -22,13 +22,9 @@ class TeacherTrainer(ICoTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         view = self.args.view
-        outputs = model(
-            input_ids=inputs[f"{view}_input_ids"],
-            attention_mask=inputs[f"{view}_attention_mask"],
-            labels=inputs[f"{view}_labels"],
-        )
-        self.record(token_accuracy=token_accuracy(outputs.logits.detach(), inputs[f"{view}_labels"]))
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
+        loss, outputs = self.causal_lm_loss(model, inputs[f"{view}_labels"], input_ids=inputs[f"{view}_input_ids"],
+                                            attention_mask=inputs[f"{view}_attention_mask"])
+        return (loss, outputs) if return_outputs else loss
 
     def answer_batch(self, model, batch):
         prompts, mask = implicit_prompts(batch, self.separator_id)

