@@ -52,16 +52,29 @@ def test_generation_stops_at_answer_end(trained, tokenizer):
         assert all(token == pad for token in row[row.index(sep) + 1 :])  # nothing after the answer's end
 
 
+def answer_log_probability(model, question_ids: list[int], answer_ids: list[int]) -> float:
+    """log p(answer | question) under one full forward (states substituted at the separator)."""
+    ids = torch.tensor([question_ids + answer_ids])
+    logits = model(ids, separator_positions=torch.tensor([len(question_ids) - 1])).logits[0].log_softmax(-1)
+    return sum(float(logits[len(question_ids) - 1 + i, token]) for i, token in enumerate(answer_ids))
+
+
 def test_beam_search(trained, tokenizer):
-    """One beam is greedy; three beams run through the same prefill substitution and stop
-    every row at its separator."""
-    assert trained.answer(QUESTIONS, tokenizer, num_beams=1) == trained.answer(QUESTIONS, tokenizer)
+    """Three beams run through the same prefill substitution, stop every row at its separator
+    and find answers at least as likely (scored by full forwards) as greedy's."""
     sep, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     batch = prompt_batch(tokenizer, QUESTIONS, sep, pad)
-    output = trained.generate(**batch, num_beams=3, max_new_tokens=30)
-    generated = output[:, batch["input_ids"].shape[1] :]
-    assert generated.shape == (len(QUESTIONS), generated.shape[1]) and generated.shape[1] < 30
-    assert all(sep in row for row in generated.tolist())
+    width = batch["input_ids"].shape[1]
+    beams = trained.generate(**batch, num_beams=3, max_new_tokens=30)[:, width:]
+    greedy = trained.generate(**batch, max_new_tokens=30)[:, width:]
+    assert beams.shape[0] == len(QUESTIONS) and beams.shape[1] < 30
+    for row, (beam_row, greedy_row) in enumerate(zip(beams.tolist(), greedy.tolist())):
+        assert sep in beam_row
+        question = batch["input_ids"][row][batch["attention_mask"][row].bool()].tolist()
+        beam_answer, greedy_answer = beam_row[: beam_row.index(sep) + 1], greedy_row[: greedy_row.index(sep) + 1]
+        beam_score = answer_log_probability(trained, question, beam_answer)
+        greedy_score = answer_log_probability(trained, question, greedy_answer)
+        assert beam_score >= greedy_score - 1e-4, (QUESTIONS[row], beam_score, greedy_score)
 
 
 def test_generate_matches_full_forward(trained, tokenizer):

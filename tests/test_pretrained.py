@@ -81,6 +81,10 @@ def test_whole_pipeline_on_pretrained_smollm2(smollm2, tmp_path):
     collator = ICoTCollator(tokenizer.pad_token_id)
     teacher = load()
     assert type(teacher).__name__ == "LlamaForCausalLM" and teacher.config.num_hidden_layers == 30
+    # really pretrained: English is predictable to it (a random model of the same shape is at ~ln(49152) = 10.8 nats)
+    sentence = tokenizer("The capital of France is Paris. The capital of Germany is Berlin.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert teacher(input_ids=sentence, labels=sentence).loss < 4.0
     TeacherTrainer(model=teacher, args=TeacherConfig(output_dir=str(tmp_path / "t"), **common), data_collator=collator, train_dataset=data).train()
 
     student = ImplicitCoTStudent.from_base_model(load())
@@ -97,5 +101,18 @@ def test_whole_pipeline_on_pretrained_smollm2(smollm2, tmp_path):
     model.eval()
     batch = prompt_batch(tokenizer, [r["input"] for r in rows[:3]], separator, tokenizer.pad_token_id)
     batched = model.generate(**batch, max_new_tokens=6)[:, batch["input_ids"].shape[1] :]
-    single = model.generate(**prompt_batch(tokenizer, [rows[1]["input"]], separator, tokenizer.pad_token_id), max_new_tokens=6)
-    assert batched.shape[0] == 3 and single.shape[0] == 1
+    assert batched.shape[0] == 3
+    # Rows are independent: the same questions in another order (one longer, so left-padded) give the
+    # same logits row for row. (Batch 3 against batch 1 is no test here: at random init the emulator
+    # amplifies float rounding ~3x per layer over SmolLM2's 30, 3e-8 at layer 0 to ~8 at layer 27.)
+    questions = [rows[0]["input"], multiplication_dataset(3, 1, seed=4)[0]["input"], rows[1]["input"]]
+    order = [2, 0, 1]
+    with torch.no_grad():
+        logits = {}
+        for name, qs in (("given", questions), ("permuted", [questions[i] for i in order])):
+            prompts = prompt_batch(tokenizer, qs, separator, tokenizer.pad_token_id)
+            width = prompts["input_ids"].shape[1]
+            logits[name] = model(**prompts, separator_positions=torch.full((3,), width - 1)).logits[:, -1]
+    assert prompts["attention_mask"].min() == 0  # a padded row took part
+    torch.testing.assert_close(logits["permuted"], logits["given"][order], rtol=0, atol=1e-5)
+    assert model.answer([questions[i] for i in order], tokenizer) == [model.answer(questions, tokenizer)[i] for i in order]
