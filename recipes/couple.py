@@ -11,7 +11,7 @@ from transformers import set_seed
 
 from icot_hf import ImplicitCoTEmulator, ImplicitCoTForCausalLM, ImplicitCoTStudent
 from icot_hf.recipe_utils import (
-    ScriptArguments, begin_run, train_and_save, collator_for, context_length_of, load_splits, distillation_tokenizer, parse_args,
+    ScriptArguments, begin_run, record_sequence_format, train_and_save, collator_for, context_length_of, load_splits, distillation_tokenizer, parse_args,
 )
 from icot_hf.tokenization import separator_token_id
 from icot_hf.trainers import CoupledConfig, CoupledTrainer
@@ -36,6 +36,7 @@ def main():
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else separator,
         max_answer_tokens=training_args.max_new_tokens,
     )
+    record_sequence_format(model, script_args)
     views = ("implicit",)
     train, evaluation = load_splits(script_args, tokenizer, views, context_length_of(student))
     trainer = CoupledTrainer(

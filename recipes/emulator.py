@@ -10,7 +10,7 @@ from transformers import set_seed
 
 from icot_hf import ImplicitCoTEmulator
 from icot_hf.recipe_utils import (
-    ScriptArguments, begin_run, attach_state_cache, train_and_save, build_distillation_base, collator_for, context_length_of, load_splits,
+    ScriptArguments, begin_run, record_sequence_format, attach_state_cache, train_and_save, build_distillation_base, collator_for, context_length_of, load_splits,
     load_teacher, distillation_tokenizer, parse_args,
 )
 from icot_hf.trainers import ThoughtEmulationConfig, ThoughtEmulationTrainer
@@ -33,6 +33,7 @@ def main():
         mixture_size=training_args.mixture_size,
         softmax_temperature=training_args.softmax_temperature,
     )
+    record_sequence_format(emulator, script_args)
     views = ("explicit", "implicit")
     train, evaluation = load_splits(script_args, tokenizer, views, context_length_of(teacher))
     train = attach_state_cache(train, teacher, tokenizer, views, training_args)  # teacher_state_cache: extract once

@@ -10,7 +10,7 @@ from transformers import set_seed
 
 from icot_hf import ImplicitCoTStudent
 from icot_hf.recipe_utils import (
-    ScriptArguments, begin_run, attach_state_cache, train_and_save, build_distillation_base, collator_for, context_length_of, load_splits,
+    ScriptArguments, begin_run, record_sequence_format, attach_state_cache, train_and_save, build_distillation_base, collator_for, context_length_of, load_splits,
     load_teacher, distillation_tokenizer, parse_args,
 )
 from icot_hf.tokenization import separator_token_id
@@ -32,6 +32,7 @@ def main():
         teacher_hidden_size=teacher.config.hidden_size,
         teacher_layers=parse_teacher_layers(training_args.teacher_layers),
     )
+    record_sequence_format(student, script_args)
     views = ("explicit", "implicit")
     train, evaluation = load_splits(script_args, tokenizer, views, context_length_of(teacher))
     train = attach_state_cache(train, teacher, tokenizer, views, training_args)  # teacher_state_cache: extract once

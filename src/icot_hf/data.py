@@ -200,14 +200,66 @@ def _encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return ids
 
 
+SEQUENCE_FORMATS = ("compact", "reference")
+
+
+def reference_answer(answer: str) -> str:
+    """The answer as the paper's code writes it: '#### ' + answer, commas removed."""
+    return ("#### " + answer).replace(",", "")
+
+
+def answer_from_generation(text: str) -> str:
+    """A generated answer as the metric reads it: the reference format's '####' prefix and
+    commas removed (a compact-format answer passes through unchanged)."""
+    text = text.strip()
+    if text.startswith("####"):
+        text = text[4:].strip().replace(",", "")
+    return text
+
+
+def _reference_views(examples, tokenizer, separator_id: int, views: Sequence[str]) -> dict[str, list]:
+    """The paper's sequences (its data.py), tokenised whole as it does:
+    explicit ' ' + input + ' ' + S + ' ' + cot + ' ' + S + ' ' + answer + ' ' + S, implicit
+    without the CoT, answer = '#### ' + digits with commas removed. A BPE tokenizer keeps the
+    space before S as a token of its own (GPT-2: 220) and splits ' ####' in two."""
+    separator = tokenizer.convert_ids_to_tokens(separator_id)
+    out: dict[str, list] = {}
+    for view in views:
+        texts = []
+        for question, cot, answer in zip(examples["input"], examples["cot"], examples["answer"]):
+            parts = [question, reference_answer(answer)] if view == "implicit" else [question, cot, reference_answer(answer)]
+            texts.append("".join(f" {part} {separator}" for part in parts))
+        ids_col = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        labels_col, seps_col = [], []
+        expected = 2 if view == "implicit" else 3
+        for text, ids in zip(texts, ids_col):
+            seps = [i for i, token in enumerate(ids) if token == separator_id]
+            if len(seps) != expected:
+                raise ICoTFormatError(f"{text[:80]!r}: {len(seps)} separator tokens after tokenisation, expected {expected}: the "
+                                      f"tokenizer must keep {separator!r} whole (a special token) and the text must not contain it")
+            labels_col.append([-100] * (seps[0] + 1) + ids[seps[0] + 1 :])
+            seps_col.append(seps)
+        out[f"{view}_input_ids"], out[f"{view}_labels"], out[f"{view}_separators"] = ids_col, labels_col, seps_col
+    return out
+
+
 def build_views(
     examples: dict[str, list[str]],
     tokenizer,
     separator_id: int,
     views: Sequence[str] = VIEWS,
     max_length: int | None = None,
+    sequence_format: str = "compact",
 ) -> dict[str, list]:
-    """Batched `datasets.map` function: token ids, labels and separator positions per view."""
+    """Batched `datasets.map` function: token ids, labels and separator positions per view.
+
+    `compact` (icot_hf's default): each part tokenised on its own with a leading space, S
+    appended by id. `reference`: the paper's code's strings exactly (`_reference_views`)."""
+    if sequence_format == "reference":
+        out = _reference_views(examples, tokenizer, separator_id, views)
+        if max_length is not None:
+            out["length"] = [max(len(out[f"{v}_input_ids"][i]) for v in views) for i in range(len(examples["input"]))]
+        return out
     inputs = _encode(tokenizer, examples["input"])
     answers = _encode(tokenizer, examples["answer"])
     cots = _encode(tokenizer, examples["cot"]) if "explicit" in views else None
@@ -244,8 +296,10 @@ def tokenize_dataset(
     on_overflow: str = "error",
     num_proc: int | None = None,
     split_name: str = "dataset",
+    sequence_format: str = "compact",
 ) -> Dataset:
-    """Tokenise `dataset` into the given views (cached by `datasets` like any map).
+    """Tokenise `dataset` into the given views (cached by `datasets` like any map), in the
+    `compact` or the paper's `reference` sequence format (see `build_views`).
 
     Sequences longer than `max_length` (the model's context) raise an error naming the
     first offending row, or are dropped with a logged count when on_overflow="drop".
@@ -255,12 +309,15 @@ def tokenize_dataset(
     unknown = set(views) - set(VIEWS)
     if unknown:
         raise ValueError(f"unknown view(s) {sorted(unknown)}; choose from {VIEWS}")
+    if sequence_format not in SEQUENCE_FORMATS:
+        raise ValueError(f"sequence_format must be one of {SEQUENCE_FORMATS}, got {sequence_format!r}")
     validate_columns(dataset, split_name)
     separator_id = separator_token_id(tokenizer, separator_token)
     tokenized = dataset.map(
         build_views,
         batched=True,
-        fn_kwargs={"tokenizer": tokenizer, "separator_id": separator_id, "views": tuple(views), "max_length": max_length},
+        fn_kwargs={"tokenizer": tokenizer, "separator_id": separator_id, "views": tuple(views), "max_length": max_length,
+                   "sequence_format": sequence_format},
         remove_columns=[c for c in dataset.column_names if c not in COLUMNS],
         num_proc=num_proc,
         desc=f"Tokenising {split_name} ({'+'.join(views)} view)",
@@ -340,8 +397,13 @@ class ICoTCollator:
         return batch
 
 
-def prompt_batch(tokenizer, questions: Sequence[str], separator_id: int, pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Left-padded `input S` prompts for generation from raw question strings."""
-    ids = [q + [separator_id] for q in _encode(tokenizer, questions)]
+def prompt_batch(tokenizer, questions: Sequence[str], separator_id: int, pad_token_id: int, sequence_format: str = "compact") -> dict[str, torch.Tensor]:
+    """Left-padded `input S` prompts for generation from raw question strings, in the format
+    the model was trained on (`reference`: ' ' + input + ' ' + S, tokenised whole)."""
+    if sequence_format == "reference":
+        separator = tokenizer.convert_ids_to_tokens(separator_id)
+        ids = tokenizer([f" {q} {separator}" for q in questions], add_special_tokens=False)["input_ids"]
+    else:
+        ids = [q + [separator_id] for q in _encode(tokenizer, questions)]
     input_ids, attention_mask = pad_sequences(ids, pad_token_id, side="left")
     return {"input_ids": input_ids, "attention_mask": attention_mask}

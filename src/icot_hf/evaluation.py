@@ -19,7 +19,7 @@ import evaluate
 import torch
 from tqdm.auto import tqdm
 
-from .data import prompt_batch
+from .data import answer_from_generation, prompt_batch
 from .metrics.exact_match.exact_match import normalize_answer  # noqa: F401 (re-exported)
 from .teacher import generate_direct, generate_explicit
 from .tokenization import separator_token_id
@@ -34,7 +34,12 @@ def load_exact_match():
 
 
 def _decode(tokenizer, rows: list[list[int]]) -> list[str]:
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
+    return [answer_from_generation(tokenizer.decode(row, skip_special_tokens=True)) for row in rows]
+
+
+def sequence_format_of(model) -> str:
+    """The sequence format a model was trained on (recorded in its config by the recipes)."""
+    return getattr(model.config, "icot_sequence_format", None) or "compact"
 
 
 def _device(model) -> torch.device:
@@ -51,7 +56,8 @@ class ExplicitCoTAnswerer:
         self.max_new_tokens, self.num_beams = max_new_tokens, num_beams
 
     def __call__(self, questions: Sequence[str]) -> list[str]:
-        batch = {k: v.to(_device(self.model)) for k, v in prompt_batch(self.tokenizer, questions, self.separator_id, self.pad_id).items()}
+        batch = {k: v.to(_device(self.model)) for k, v in prompt_batch(self.tokenizer, questions, self.separator_id, self.pad_id,
+                                                                                     sequence_format_of(self.model)).items()}
         # An ICoT-SI model trained with keep_positions records the positions its removed CoT skips.
         gap = getattr(self.model.config, "icot_position_gap", 0) or 0
         out = generate_explicit(self.model, **batch, separator_id=self.separator_id, pad_token_id=self.pad_id, max_new_tokens=self.max_new_tokens,
@@ -66,7 +72,8 @@ class DirectAnswerer(ExplicitCoTAnswerer):
         super().__init__(model, tokenizer, separator_token, max_new_tokens, num_beams)
 
     def __call__(self, questions: Sequence[str]) -> list[str]:
-        batch = {k: v.to(_device(self.model)) for k, v in prompt_batch(self.tokenizer, questions, self.separator_id, self.pad_id).items()}
+        batch = {k: v.to(_device(self.model)) for k, v in prompt_batch(self.tokenizer, questions, self.separator_id, self.pad_id,
+                                                                                     sequence_format_of(self.model)).items()}
         rows = generate_direct(self.model, **batch, separator_id=self.separator_id, pad_token_id=self.pad_id, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams)
         return _decode(self.tokenizer, rows)
 

@@ -417,7 +417,7 @@ class ImplicitCoTForCausalLM(PreTrainedModel):
     @torch.no_grad()
     def answer(self, questions: list[str], tokenizer, batch_size: int = 64, num_beams: int = 1) -> list[str]:
         """Raw question strings in (e.g. "1 2 3 4 * 5 6 7 8"), answer strings out."""
-        from .data import prompt_batch
+        from .data import answer_from_generation, prompt_batch
 
         if isinstance(questions, str):  # one question: a string would be iterated as characters
             raise TypeError(f"answer() takes a list of questions; got one string {questions[:40]!r}: pass [question]")
@@ -428,10 +428,11 @@ class ImplicitCoTForCausalLM(PreTrainedModel):
         answers: list[str] = []
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else self.config.separator_token_id
         for start in range(0, len(questions), batch_size):
-            batch = prompt_batch(tokenizer, questions[start : start + batch_size], self.config.separator_token_id, pad)
+            batch = prompt_batch(tokenizer, questions[start : start + batch_size], self.config.separator_token_id, pad,
+                                 getattr(self.config, "icot_sequence_format", None) or "compact")
             batch = {k: v.to(self.device) for k, v in batch.items()}
             output = self.generate(**batch, num_beams=num_beams)
             for row in output[:, batch["input_ids"].shape[1] :].tolist():
                 tokens = row[: row.index(self.config.separator_token_id)] if self.config.separator_token_id in row else row
-                answers.append(tokenizer.decode(tokens, skip_special_tokens=True).strip())
+                answers.append(answer_from_generation(tokenizer.decode(tokens, skip_special_tokens=True)))
         return answers

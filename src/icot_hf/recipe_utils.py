@@ -54,6 +54,12 @@ class ScriptArguments:
     )
     separator_token: str | None = field(default=None, metadata={"help": "Token used as the separator S (default: eos)."})
     on_overflow: str = field(default="error", metadata={"help": "Sequences over the model's context: 'error' or 'drop'."})
+    sequence_format: str = field(
+        default="compact",
+        metadata={"help": "'compact' (each part tokenised alone, S by id: icot_hf's default) or 'reference' (the paper's code's "
+                  "strings: spaces before each S, '#### ' before the answer, commas removed; the paper presets use it). "
+                  "Recorded in the trained model's config (icot_sequence_format) so evaluation prompts it the same way."},
+    )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Start a fresh run in output_dir, replacing the files an earlier run of ours wrote there."}
     )
@@ -66,6 +72,8 @@ class ScriptArguments:
     def __post_init__(self):
         if self.on_overflow not in ("error", "drop"):
             raise ValueError(f"on_overflow must be 'error' or 'drop', got {self.on_overflow!r}")
+        if self.sequence_format not in ("compact", "reference"):
+            raise ValueError(f"sequence_format must be 'compact' or 'reference', got {self.sequence_format!r}")
 
 
 def parse_args(*config_classes, argv: list[str] | None = None):
@@ -198,7 +206,8 @@ def load_splits(script_args: ScriptArguments, tokenizer, views, context_length: 
     train = dataset[script_args.train_split]
     if script_args.max_train_samples:
         train = train.select(range(min(script_args.max_train_samples, len(train))))
-    common = dict(views=views, separator_token=script_args.separator_token, max_length=context_length, on_overflow=script_args.on_overflow)
+    common = dict(views=views, separator_token=script_args.separator_token, max_length=context_length, on_overflow=script_args.on_overflow,
+                  sequence_format=script_args.sequence_format)
     train = tokenize_dataset(train, tokenizer, split_name=f"{script_args.dataset_name_or_path}[{script_args.train_split}]", **common)
     evaluation = None
     if script_args.eval_split and script_args.eval_split in dataset:
@@ -259,6 +268,13 @@ def context_length_of(model) -> int | None:
     config = getattr(model, "config", None)
     base = getattr(config, "base_config", None)
     return model_context_length(base if base is not None else config)
+
+
+def record_sequence_format(model, script_args: ScriptArguments) -> None:
+    """Write the training sequence format into the model's config, for the answerers."""
+    config = getattr(model, "config", None)
+    if config is not None and script_args.sequence_format != "compact":
+        config.icot_sequence_format = script_args.sequence_format
 
 
 def train_and_save(trainer, training_args) -> dict:

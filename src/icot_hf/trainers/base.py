@@ -23,7 +23,9 @@ logger = logging.getLogger(__name__)
 
 
 def disable_dropout(model: nn.Module) -> None:
-    """The paper's code trains with every model in eval mode: zero all dropout."""
+    """Zero all dropout: the paper's code trains the student, the emulator and the coupled model in
+    eval mode (its teacher and ICoT-SI train with GPT-2's dropout on: the paper presets set
+    disable_dropout: false there)."""
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
@@ -170,6 +172,7 @@ class ICoTTrainer(Trainer):
 
     def exact_match(self, dataset, limit: int) -> float:
         """Generate answers for the first `limit` eval examples and score them."""
+        from ..data import answer_from_generation
         from ..evaluation import load_exact_match
 
         subset = dataset.select(range(min(limit, len(dataset))))
@@ -182,7 +185,7 @@ class ICoTTrainer(Trainer):
             rows = [subset[i] for i in range(start, min(start + size, len(subset)))]
             batch = {k: v.to(self.args.device) for k, v in self.data_collator(rows).items()}
             answers = self.answer_batch(model, batch)
-            predictions.extend(self.processing_class.decode(a, skip_special_tokens=True).strip() for a in answers)
+            predictions.extend(answer_from_generation(self.processing_class.decode(a, skip_special_tokens=True)) for a in answers)
         model.train(was_training)
         references = [subset[i]["answer"] for i in range(len(subset))]
         return load_exact_match().compute(predictions=predictions, references=references)["exact_match"]

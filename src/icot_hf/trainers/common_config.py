@@ -19,7 +19,11 @@ class ICoTTrainingArguments(TrainingArguments):
     logging_steps: float = field(default=50, metadata={"help": "Log every N steps."})
     report_to: str | None = field(default="none", metadata={"help": "Integrations to report to (tensorboard, wandb, ...)."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept on disk."})
-    disable_dropout: bool = field(default=True, metadata={"help": "Zero all dropout, as the paper's code trains in eval mode."})
+    disable_dropout: bool = field(
+        default=True,
+        metadata={"help": "Zero all dropout, as the paper's code trains the student, emulator and coupled model (in eval mode); "
+                  "its teacher and ICoT-SI train with dropout on (disable_dropout: false in those paper presets)."},
+    )
     eval_exact_match_samples: int = field(
         default=0, metadata={"help": "At each evaluation, generate answers for this many eval examples and log eval_exact_match (0: off)."}
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..teacher import cut_after_separators
-from .base import ICoTTrainer
+from .base import ICoTTrainer, disable_dropout
 from .coupled_config import CoupledConfig
 from .teacher_trainer import implicit_prompts
 
@@ -21,6 +21,7 @@ class CoupledTrainer(ICoTTrainer):
         model = kwargs.get("model")
         if model is not None and kwargs.get("args") is not None and kwargs["args"].fix_emulator:
             model.emulator.requires_grad_(False)
+            disable_dropout(model.emulator)  # eval mode as the reference, and it stays so through Trainer's model.train()
         super().__init__(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
