@@ -32,6 +32,7 @@ from icot_hf.multiplication import format_problem, sample_problems
 from icot_hf.trainers import MindReadingConfig, MindReadingTrainer, TeacherConfig, TeacherTrainer
 
 STAGES = ("teacher", "mind_reading")
+SHAPES = {"8x128": (8, 128, 4), "gpt2-small": (12, 768, 12)}  # the issue's CPU shape; the paper's GPT-2 small
 
 
 def gpt2_tokenizer():
@@ -73,7 +74,8 @@ def run_variant(stage: str, batch_size: int, label_logits_only: bool, args) -> d
         config = GPT2Config(vocab_size=len(tokenizer), n_layer=2, n_embd=32, n_head=2, n_positions=256, eos_token_id=1, bos_token_id=1)
     else:
         tokenizer = gpt2_tokenizer()
-        config = GPT2Config(n_layer=8, n_embd=128, n_head=4, n_positions=1024)
+        layers, width, heads = SHAPES[args.shape]
+        config = GPT2Config(n_layer=layers, n_embd=width, n_head=heads, n_positions=1024)
     rows = [format_problem(a, b, 4) for a, b in sample_problems(4, batch_size * 8, seed=0)]
     from datasets import Dataset
 
@@ -81,7 +83,7 @@ def run_variant(stage: str, batch_size: int, label_logits_only: bool, args) -> d
     steps = args.warmup + args.steps
     common = dict(output_dir=tempfile.mkdtemp(prefix="train_throughput_"), max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=1e-4,
                   lr_scheduler_type="constant", report_to="none", save_strategy="no", eval_strategy="no", logging_steps=10**6,
-                  disable_tqdm=True, label_logits_only=label_logits_only, dataloader_num_workers=0)
+                  disable_tqdm=True, label_logits_only=label_logits_only, dataloader_num_workers=0, bf16=args.bf16)
     teacher = AutoModelForCausalLM.from_config(config)
     timer = StepTimer(args.warmup)
     collator = ICoTCollator(tokenizer.pad_token_id)
@@ -103,7 +105,8 @@ def run_variant(stage: str, batch_size: int, label_logits_only: bool, args) -> d
 
 def markdown(results: list[dict], args) -> str:
     lines = ["# Training throughput (teacher and mind-reading stages)", "",
-             f"{'Smoke run (tiny model, digit tokenizer).' if args.smoke else '8 x 128 GPT-2, GPT-2 BPE tokenizer (50,257 tokens), fp32, 4x4 lines.'} "
+             f"{'Smoke run (tiny model, digit tokenizer).' if args.smoke else f'GPT-2 {args.shape}, GPT-2 BPE tokenizer (50,257 tokens), ' + ('bf16' if args.bf16 else 'fp32') + ', 4x4 lines.'} "
+             f"Device: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}. "
              f"Real Trainer, {args.steps} steps timed after {args.warmup}; {args.threads} torch thread(s); one variant per process, "
              "one at a time. Peak memory: the process's peak RSS on CPU (model, data and Python included), peak allocated on GPU.", "",
              "| stage | batch | label-position logits | samples/s | tokens/s | tokens/example | peak memory (MiB) |",
@@ -122,6 +125,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=65)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="8x128", help="GPT-2 shape (random weights: speed only)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU)")
     parser.add_argument("--smoke", action="store_true", help="tiny model and digit tokenizer, 3 steps after 1")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # stage,batch,label_logits_only: run one variant, print JSON
     args = parser.parse_args(argv)
@@ -136,7 +141,8 @@ def main(argv=None):
         for batch_size in args.batch_sizes:
             for label in (False, True):
                 command = [sys.executable, __file__, "--one", f"{stage},{batch_size},{int(label)}", "--output_dir", args.output_dir,
-                           "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)] + (["--smoke"] if args.smoke else [])
+                           "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads), "--shape", args.shape] + \
+                    (["--smoke"] if args.smoke else []) + (["--bf16"] if args.bf16 else [])
                 run = subprocess.run(command, capture_output=True, text=True)
                 if run.returncode != 0:
                     raise SystemExit(f"train_throughput: {stage} batch {batch_size} failed:\n{run.stderr[-3000:]}")

@@ -4,6 +4,7 @@ random GPT-2 models, through the models and through each trainer's `compute_loss
 Skipped, with the reason, where the fixture is not beside the repository."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from conftest import REPO
 
 PARITY = REPO.parent / "shared" / "parity"
 TOL = 1e-4
+# scripts/gpu_check.sh runs this file with ICOT_PARITY_DEVICE=cuda: the same numbers on the GPU (fp32, TF32 off).
+DEVICE = os.environ.get("ICOT_PARITY_DEVICE", "cpu")
 pytestmark = pytest.mark.skipif(not (PARITY / "config.json").is_file(), reason=f"no parity fixture at {PARITY}")
 
 
@@ -29,7 +32,7 @@ def fixture():
         for file in config[name]["weights"]:
             weights.update(load_file(PARITY / file))
         model.load_state_dict(weights, strict=True)  # float16 files holding the float32 values: cast on copy
-        return model.eval()
+        return model.to(DEVICE).eval()
 
     def gpt2():
         return GPT2LMHeadModel(GPT2Config(**config["gpt2"]))
@@ -41,7 +44,9 @@ def fixture():
     separator = config["separator_id"]
     models["coupled"] = ImplicitCoTForCausalLM.from_emulator_and_student(models["emulator_mix1"], models["student"],
                                                                          separator_token_id=separator, pad_token_id=separator)
-    batches = {name: load_file(PARITY / f"{name}.safetensors") for name in ("main", "ragged")}
+    if DEVICE.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    batches = {name: {k: v.to(DEVICE) for k, v in load_file(PARITY / f"{name}.safetensors").items()} for name in ("main", "ragged")}
     return {"config": config, "models": models, "batches": batches}
 
 
@@ -121,7 +126,7 @@ def test_each_trainers_compute_loss(fixture, batch, tmp_path):
                                   ThoughtEmulationTrainer)
 
     x, models, config = fixture["batches"][batch], fixture["models"], fixture["config"]
-    common = dict(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    common = dict(output_dir=str(tmp_path), report_to="none", use_cpu=DEVICE == "cpu")
     inputs = trainer_inputs(x)
     with torch.no_grad():
         student = MindReadingTrainer(model=models["student"], args=MindReadingConfig(**common), teacher=models["teacher"], separator_id=config["separator_id"])
@@ -168,7 +173,7 @@ def test_reference_sequence_format_builds_the_stored_ids(fixture, batch):
         for i in range(len(rows)):
             length = int(stored[f"{view}_attention_mask"][i].sum())
             ids = [compact[t] for t in ours[i][f"{view}_input_ids"]]
-            assert ids == stored[f"{view}_input_ids"][i, :length].tolist(), (view, i)
+            assert ids == stored[f"{view}_input_ids"][i, :length].tolist(), (view, i)  # noqa: E501
             assert ours[i][f"{view}_separators"] == stored[f"{view}_separators"][i].tolist(), (view, i)
             labels = [compact.get(t, t) for t in ours[i][f"{view}_labels"]]
             assert labels == stored[f"{view}_labels"][i, :length].tolist(), (view, i)
