@@ -37,4 +37,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from icot_hf.cli import run
+
+    run(main)

@@ -138,4 +138,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from icot_hf.cli import run
+
+    run(main)

@@ -32,4 +32,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from icot_hf.cli import run
+
+    run(main)

@@ -106,3 +106,17 @@ def test_generation_uses_the_cache_even_when_the_config_says_not_to(trained, tok
         lm.config.use_cache, lm.generation_config.use_cache = saved
     assert lengths[0] == batch["input_ids"].shape[1] and set(lengths[1:]) == {1}
     assert torch.equal(with_config_off, trained.generate(**batch, max_new_tokens=6))
+
+
+def test_trained_coupled_model_needs_its_own_states(trained, tokenizer):
+    """After training, the answer loss with each row's own emulated states is lower than with
+    the same states handed to other rows: the student reads them."""
+    rows = multiplication_dataset(2, 64, seed=11)
+    batch = ICoTCollator(tokenizer.pad_token_id, views=("implicit",))(tokenize_dataset(rows, tokenizer, views=("implicit",)).to_list())
+    ids, mask, separators = batch["implicit_input_ids"], batch["implicit_attention_mask"], batch["implicit_separators"][:, 0]
+    with torch.no_grad():
+        states = trained.emulator(ids, mask, separators).predicted_states
+        loss = lambda s: trained.student(ids, s, attention_mask=mask, separator_positions=separators, labels=batch["implicit_labels"],  # noqa: E731
+                                         states_are_mapped=True).loss
+        own, shuffled = loss(states), loss(states[torch.roll(torch.arange(len(ids)), 1)])
+    assert own < shuffled, (float(own), float(shuffled))
