@@ -7,7 +7,7 @@ METHODS ?=
 TEST_FILE ?= $(firstword $(wildcard ../shared/data/icot_original/$(subst x,_by_,$(subst _mult,,$(TASK)))_mult/test_bigbench.txt))
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install install-deepspeed reproduce test test-fast bench clean
+.PHONY: install install-deepspeed reproduce test test-fast bench bench-train clean
 
 $(VENV)/.installed: pyproject.toml scripts/install.sh
 	bash scripts/install.sh
@@ -37,6 +37,12 @@ bench: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench.py --output_dir results \
 		--task_dirs $(foreach t,$(BENCH_TASKS),outputs/$(t)_mult) \
 		$(if $(filter $(words $(BENCH_FILES)),$(words $(BENCH_TASKS))),--test_files $(BENCH_FILES))
+	$(MAKE) bench-train
+
+## Training throughput per stage at GPT-2's vocabulary, label-position logits on and off (no trained models needed):
+## results/train_throughput.json + .md. Run on an idle machine.
+bench-train: install
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/train_throughput.py --output_dir results
 
 clean:
 	rm -rf outputs results/*/stage_seconds.txt logs
