@@ -25,6 +25,17 @@ TINY = "{model_type: gpt2, n_layer: 2, n_embd: 16, n_head: 2, n_positions: 64}"
 QUICK = ["--max_steps", "1", "--per_device_train_batch_size", "2", "--eval_strategy", "no", "--save_strategy", "no", "--use_cpu", "true"]
 
 
+FILE_CASES = (  # (input, the file in user/ the teacher recipe reads, expected outcome)
+    ("UTF-8 byte-order mark", "bom.txt", "ok"),
+    ("lone-CR line ends", "lone_cr.txt", "ok"),
+    ("'####' twice in a line", "double_marker.txt", "double_marker.txt:2:"),
+    ("a line without '||'", "no_separator.txt", "no_separator.txt:2:"),
+    ("symbols outside the digit vocabulary", "letters.txt", "not in the tokenizer's vocabulary"),
+    ("an empty data file", "empty.txt", "empty"),
+    ("sequences over the model's context", "long.txt", "exceed the model's context"),
+)
+
+
 def snapshot(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -32,6 +43,11 @@ def snapshot(folder: Path) -> dict[str, str]:
 def script(name: str, *args) -> list[str]:
     folder = "recipes" if (REPO / "recipes" / name).exists() else "dataset_scripts"
     return [PY, str(REPO / folder / name), *map(str, args)]
+
+
+def train_on(source, out, *extra) -> list[str]:
+    """The teacher recipe, one tiny step of a tiny model, on `source` into `out`."""
+    return script("teacher.py", "--dataset_name_or_path", source, "--output_dir", out, "--model_config", TINY, *QUICK, *extra)
 
 
 def api(code: str) -> list[str]:
@@ -60,7 +76,7 @@ def build_cases(work: Path) -> list[tuple[str, str, list[str], str]]:
     subprocess.run(script("make_multiplication.py", "--digits", 2, "--train_size", 64, "--valid_size", 8, "--test_size", 8, "--output_dir", data),
                    check=True, capture_output=True)
     teacher = work / "teacher"
-    subprocess.run(script("teacher.py", "--dataset_name_or_path", data, "--output_dir", teacher, "--model_config", TINY, *QUICK), check=True, capture_output=True)
+    subprocess.run(train_on(data, teacher), check=True, capture_output=True)
     other_tokenizer = work / "other_tokenizer"
     subprocess.run([PY, "-c", f"from icot_hf import build_digit_tokenizer as b; t = b(); t.add_tokens(['%']); t.save_pretrained({str(other_tokenizer)!r})"],
                    check=True, capture_output=True)
@@ -74,33 +90,16 @@ def build_cases(work: Path) -> list[tuple[str, str, list[str], str]]:
         ("existing folder of the user's as --output_dir", "make_multiplication.py",
          script("make_multiplication.py", "--digits", 2, "--train_size", 8, "--output_dir", user / "notes_folder", "--overwrite"), "not a saved dataset"),
         ("re-run with a changed --learning_rate", "teacher.py",
-         script("teacher.py", "--dataset_name_or_path", data, "--output_dir", teacher, "--model_config", TINY, *QUICK, "--learning_rate", "1e-2"),
+         train_on(data, teacher, "--learning_rate", "1e-2"),
          "different settings"),
         ("re-run with the same settings", "teacher.py",
-         script("teacher.py", "--dataset_name_or_path", data, "--output_dir", teacher, "--model_config", TINY, *QUICK), "ok"),
-        ("UTF-8 byte-order mark", "teacher.py",
-         script("teacher.py", "--dataset_name_or_path", user / "bom.txt", "--output_dir", work / "out_bom", "--model_config", TINY, *QUICK), "ok"),
-        ("lone-CR line ends", "teacher.py",
-         script("teacher.py", "--dataset_name_or_path", user / "lone_cr.txt", "--output_dir", work / "out_cr", "--model_config", TINY, *QUICK), "ok"),
-        ("'####' twice in a line", "teacher.py",
-         script("teacher.py", "--dataset_name_or_path", user / "double_marker.txt", "--output_dir", work / "out_dm", "--model_config", TINY, *QUICK),
-         "double_marker.txt:2:"),
-        ("a line without '||'", "teacher.py",
-         script("teacher.py", "--dataset_name_or_path", user / "no_separator.txt", "--output_dir", work / "out_ns", "--model_config", TINY, *QUICK),
-         "no_separator.txt:2:"),
-        ("symbols outside the digit vocabulary", "teacher.py",
-         script("teacher.py", "--dataset_name_or_path", user / "letters.txt", "--output_dir", work / "out_x", "--model_config", TINY, *QUICK),
-         "not in the tokenizer's vocabulary"),
-        ("an empty data file", "teacher.py",
-         script("teacher.py", "--dataset_name_or_path", user / "empty.txt", "--output_dir", work / "out_e", "--model_config", TINY, *QUICK), "empty"),
-        ("sequences over the model's context", "teacher.py",
-         script("teacher.py", "--dataset_name_or_path", user / "long.txt", "--output_dir", work / "out_l", "--model_config", TINY, *QUICK),
-         "exceed the model's context"),
+         train_on(data, teacher), "ok"),
+        *[(what, "teacher.py", train_on(user / name, work / f"out_{name}"), expected) for what, name, expected in FILE_CASES],
         ("misspelt model_config key (n_layers)", "teacher.py",
          script("teacher.py", "--dataset_name_or_path", data, "--output_dir", work / "out_k", "--model_config", "{model_type: gpt2, n_layers: 2}", *QUICK),
          "'n_layers' is not a field"),
         ("mistyped local dataset path", "teacher.py",
-         script("teacher.py", "--dataset_name_or_path", work / "dat", "--output_dir", work / "out_p", "--model_config", TINY, *QUICK), "dat"),
+         train_on(work / "dat", work / "out_p"), "dat"),
         ("eval_strategy: no, unquoted in YAML", "teacher.py", script("teacher.py", "--config", user / "unquoted_no.yaml"), "ok"),
         ("lora_target_modules as a YAML list", "teacher.py", script("teacher.py", "--config", user / "lora_list.yaml"), "ok"),
         ("student shallower than the teacher, no teacher_layers", "mind_reading.py",
