@@ -121,8 +121,8 @@ def test_whole_pipeline_on_pretrained_smollm2(smollm2, tmp_path):
 def test_reference_format_prompts_and_answers_with_gpt2_bpe(gpt2_tokenizer):
     """A model trained in the paper's format is prompted in it (' ' + input + ' ' + S: the space
     is GPT-2's token 220 before S) and its '#### ...' answers read back as plain digits."""
-    from icot_hf.data import prompt_batch
-    from icot_hf.evaluation import DirectAnswerer, sequence_format_of
+    from icot_hf.data import prompt_batch, sequence_format_of
+    from icot_hf.evaluation import DirectAnswerer
 
     model = AutoModelForCausalLM.from_config(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=64))
     assert sequence_format_of(model) == "compact"

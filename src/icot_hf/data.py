@@ -203,6 +203,11 @@ def _encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
 SEQUENCE_FORMATS = ("compact", "reference")
 
 
+def sequence_format_of(model) -> str:
+    """The sequence format a model was trained on (the recipes record it in its config)."""
+    return getattr(model.config, "icot_sequence_format", None) or "compact"
+
+
 def reference_answer(answer: str) -> str:
     """The answer as the paper's code writes it: '#### ' + answer, commas removed."""
     return ("#### " + answer).replace(",", "")

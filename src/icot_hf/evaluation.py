@@ -19,7 +19,7 @@ import evaluate
 import torch
 from tqdm.auto import tqdm
 
-from .data import answer_from_generation, prompt_batch
+from .data import answer_from_generation, prompt_batch, sequence_format_of
 from .metrics.exact_match.exact_match import normalize_answer  # noqa: F401 (re-exported)
 from .teacher import generate_direct, generate_explicit
 from .tokenization import separator_token_id
@@ -36,10 +36,6 @@ def load_exact_match():
 def _decode(tokenizer, rows: list[list[int]]) -> list[str]:
     return [answer_from_generation(tokenizer.decode(row, skip_special_tokens=True)) for row in rows]
 
-
-def sequence_format_of(model) -> str:
-    """The sequence format a model was trained on (recorded in its config by the recipes)."""
-    return getattr(model.config, "icot_sequence_format", None) or "compact"
 
 
 def _device(model) -> torch.device:

@@ -417,7 +417,7 @@ class ImplicitCoTForCausalLM(PreTrainedModel):
     @torch.no_grad()
     def answer(self, questions: list[str], tokenizer, batch_size: int = 64, num_beams: int = 1) -> list[str]:
         """Raw question strings in (e.g. "1 2 3 4 * 5 6 7 8"), answer strings out."""
-        from .data import answer_from_generation, prompt_batch
+        from .data import answer_from_generation, prompt_batch, sequence_format_of
 
         if isinstance(questions, str):  # one question: a string would be iterated as characters
             raise TypeError(f"answer() takes a list of questions; got one string {questions[:40]!r}: pass [question]")
@@ -428,8 +428,7 @@ class ImplicitCoTForCausalLM(PreTrainedModel):
         answers: list[str] = []
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else self.config.separator_token_id
         for start in range(0, len(questions), batch_size):
-            batch = prompt_batch(tokenizer, questions[start : start + batch_size], self.config.separator_token_id, pad,
-                                 getattr(self.config, "icot_sequence_format", None) or "compact")
+            batch = prompt_batch(tokenizer, questions[start : start + batch_size], self.config.separator_token_id, pad, sequence_format_of(self))
             batch = {k: v.to(self.device) for k, v in batch.items()}
             output = self.generate(**batch, num_beams=num_beams)
             for row in output[:, batch["input_ids"].shape[1] :].tolist():

@@ -21,8 +21,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, HfArgu
 from transformers.trainer_utils import get_last_checkpoint
 
 from .curves import write_learning_curve
-from .run_record import COMPLETE_MARKER, begin_run, finish_run  # noqa: F401  (COMPLETE_MARKER re-exported)
-from .data import ICoTCollator, load_icot_dataset, model_context_length, tokenize_dataset
+from .data import SEQUENCE_FORMATS, ICoTCollator, load_icot_dataset, model_context_length, tokenize_dataset
+from .run_record import begin_run, finish_run  # noqa: F401  (begin_run: for the recipes)
 from .tokenization import build_digit_tokenizer, separator_token_id
 
 logger = logging.getLogger(__name__)
@@ -72,8 +72,8 @@ class ScriptArguments:
     def __post_init__(self):
         if self.on_overflow not in ("error", "drop"):
             raise ValueError(f"on_overflow must be 'error' or 'drop', got {self.on_overflow!r}")
-        if self.sequence_format not in ("compact", "reference"):
-            raise ValueError(f"sequence_format must be 'compact' or 'reference', got {self.sequence_format!r}")
+        if self.sequence_format not in SEQUENCE_FORMATS:
+            raise ValueError(f"sequence_format must be one of {SEQUENCE_FORMATS}, got {self.sequence_format!r}")
 
 
 def parse_args(*config_classes, argv: list[str] | None = None):
