@@ -53,6 +53,8 @@ class StepTimer(TrainerCallback):
         self.warmup, self.started, self.steps = warmup, None, 0
 
     def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # GPU work is queued: time what has run, not what was launched
         if state.global_step == self.warmup:
             self.started = time.perf_counter()
         elif state.global_step > self.warmup:

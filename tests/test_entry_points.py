@@ -63,6 +63,32 @@ def test_train_tokenizer_script(tmp_path):
     assert [row["explicit_input_ids"][s] for s in row["explicit_separators"]] == [tokenizer.eos_token_id] * 3
 
 
+def test_train_tokenizer_on_the_reference_strings(tmp_path):
+    """--sequence_format reference learns merges from the paper's strings: ' ####' becomes fewer
+    tokens than its 5 bytes (never seen by the compact-string tokenizer), and the reference views'
+    separators sit after a space token of their own, as with GPT-2."""
+    from transformers import AutoTokenizer
+
+    from icot_hf.data import tokenize_dataset
+
+    data = multiplication_dataset(3, 300, seed=4)
+    folder = tmp_path / "data"
+    data_dict = __import__("datasets").DatasetDict(train=data)
+    data_dict.save_to_disk(folder)
+    lengths = {}
+    for sequence_format in ("compact", "reference"):
+        run = subprocess.run([sys.executable, str(REPO / "dataset_scripts" / "train_tokenizer.py"), "--dataset", str(folder), "--vocab_size", "300",
+                              "--sequence_format", sequence_format, "--output_dir", str(tmp_path / sequence_format)],
+                             capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        assert run.returncode == 0, run.stderr[-2000:]
+        tokenizer = AutoTokenizer.from_pretrained(tmp_path / sequence_format)
+        lengths[sequence_format] = len(tokenizer(" ####", add_special_tokens=False)["input_ids"])
+    assert lengths["reference"] < lengths["compact"] == 5
+    row = tokenize_dataset(data.select(range(2)), tokenizer, sequence_format="reference")[0]
+    ids, seps = row["implicit_input_ids"], row["implicit_separators"]
+    assert tokenizer.convert_ids_to_tokens([ids[seps[0] - 1], ids[seps[0] + 1]]) == ["\u0120", "\u0120####"]
+
+
 def test_use_peft_from_yaml(tmp_path, tokenizer):
     from icot_hf.data import ICoTCollator, tokenize_dataset
     from icot_hf.recipe_utils import ScriptArguments, parse_args

@@ -5,13 +5,14 @@ Skipped, with the reason, where the fixture is not beside the repository."""
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import REPO
 
-PARITY = REPO.parent / "shared" / "parity"
+PARITY = Path(os.environ.get("ICOT_PARITY_DIR", REPO.parent / "shared" / "parity"))  # the device check carries a copy
 TOL = 1e-4
 # scripts/gpu_check.sh runs this file with ICOT_PARITY_DEVICE=cuda: the same numbers on the GPU (fp32, TF32 off).
 DEVICE = os.environ.get("ICOT_PARITY_DEVICE", "cpu")

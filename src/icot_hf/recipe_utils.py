@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
 from transformers.trainer_utils import get_last_checkpoint
@@ -285,6 +286,8 @@ def train_and_save(trainer, training_args) -> dict:
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
     metrics = dict(result.metrics)
+    if torch.cuda.is_available():  # what the training steps held on the GPU at their peak (before evaluation)
+        metrics["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
     if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())
     trainer.log_metrics("final", metrics)

@@ -21,3 +21,6 @@ class ThoughtEmulationConfig(TeacherStatesArguments, ICoTTrainingArguments):
             raise ValueError(f"mixture_size must be >= 1, got {self.mixture_size}")
         if self.softmax_temperature <= 0:
             raise ValueError(f"softmax_temperature must be > 0, got {self.softmax_temperature}")
+        if self.eval_exact_match_samples:
+            raise ValueError("eval_exact_match_samples: the emulator predicts the teacher's states, not answers, so it has no "
+                             "exact match; remove the field (the coupled stage measures the emulator's answers)")
