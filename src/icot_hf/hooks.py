@@ -83,10 +83,12 @@ class RowIndex:
         column = int(positions[0]) if bool((positions == positions[0]).all()) else None
         return cls(torch.arange(batch_size, device=device), positions, column)
 
-    def gather(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden[b, positions[b]] for every row (B, H), as a copy."""
+    def gather(self, hidden: torch.Tensor, copy: bool = True) -> torch.Tensor:
+        """hidden[b, positions[b]] for every row (B, H): a copy, or with `copy=False` a view
+        where one column serves every row (for readers done before the column is edited)."""
         if self.column is not None:
-            return hidden[:, self.column].clone()
+            column = hidden[:, self.column]
+            return column.clone() if copy else column
         return hidden[self.rows, self.positions]
 
 
