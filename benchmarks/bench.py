@@ -145,6 +145,29 @@ def direct_hook_seconds(hooked, repeats: int) -> float:
     return statistics.median(per_pass)
 
 
+def batch1_weight_bound(models, rows, tokenizer) -> dict:
+    """At batch 1 a forward pass reads every weight it uses once, and on a CPU that read, not the
+    arithmetic, is most of its time. A no-CoT answer of n tokens reads the decoder layers and the
+    output layer n times (prefill and n - 1 steps); the implicit answer reads the student's as often,
+    plus once each the emulator's decoder layers, the emulator's own per-layer modules (state MLPs, LSTM cell, key, query and
+    output projections) and the student's state MLPs. The ratio of those reads bounds the implicit /
+    no-CoT speed at batch 1 when weights come from memory."""
+    from icot_hf.hooks import get_decoder_layers
+
+    implicit = models["implicit_cot"]
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    emulator, student = implicit.emulator, implicit.student
+    emulator_decoder = count(get_decoder_layers(emulator.lm))  # the emulator's pass makes no logits
+    decoder = count(get_decoder_layers(student.lm)) + student.lm.get_output_embeddings().weight.numel()
+    modules = count(emulator) - count(emulator.lm)
+    mlps = count(student) - count(student.lm)
+    answer_tokens = len(tokenizer(" " + rows[0]["answer"], add_special_tokens=False)["input_ids"]) + 1  # digits and the separator
+    no_cot_reads = answer_tokens * decoder
+    bound = no_cot_reads / (no_cot_reads + emulator_decoder + modules + mlps)
+    return {"decoder_params": decoder, "emulator_decoder_params": emulator_decoder, "emulator_module_params": modules,
+            "student_state_mlp_params": mlps, "answer_tokens": answer_tokens, "implicit_over_no_cot_bound": bound}
+
+
 def bench_overheads(tokenizer, models, rows, args) -> dict:
     """Emulator pass vs student prefill vs full generation; hooks vs a plain forward."""
     implicit = models["implicit_cot"]
@@ -204,6 +227,7 @@ def bench_overheads(tokenizer, models, rows, args) -> dict:
         "hook_direct_ms": 1000 * direct,
         "hook_direct_fraction": direct / plain_s,
         "generate_total_ms": 1000 * generate_s,
+        "batch1_weight_reads": batch1_weight_bound(models, rows, tokenizer),
     }
 
 
@@ -340,7 +364,15 @@ def markdown(results: dict) -> str:
               f"{100 * o['hook_overhead_interquartile'][0]:+.1f}% to {100 * o['hook_overhead_interquartile'][1]:+.1f}% over {o['hook_overhead_pairs']} ABBA pairs; "
               f"plain vs plain under the same protocol {100 * o['plain_vs_plain_fraction']:+.1f}%); time inside the hooks (arming, "
               f"disarming, substitutions) {o['hook_direct_ms']:.2f} ms = {100 * o['hook_direct_fraction']:.1f}% of the plain prefill; "
-              f"whole generate {o['generate_total_ms']:.1f} ms", "",
+              f"whole generate {o['generate_total_ms']:.1f} ms", ""]
+    w = o.get("batch1_weight_reads")
+    if w:
+        lines += [f"Weights read per answer at batch 1 ({w['answer_tokens']} answer tokens): the student's decoder layers and "
+                  f"output layer, {w['decoder_params'] / 1e6:.2f}M parameters, once per token (as the no-CoT model's), plus once each the emulator's decoder "
+                  f"({w['emulator_decoder_params'] / 1e6:.2f}M), the emulator's own modules ({w['emulator_module_params'] / 1e6:.2f}M) and the "
+                  f"student's state MLPs ({w['student_state_mlp_params'] / 1e6:.2f}M): where weights come from memory, implicit / no-CoT "
+                  f"speed at batch 1 is at most {w['implicit_over_no_cot_bound']:.2f}x.", ""]
+    lines += [
               "## Scaling with k (untrained model of the preset's shape, batch 16)", "",
               "| k | explicit tokens | implicit tokens | explicit forward ms | implicit forward ms | explicit train step ms | implicit train step ms |",
               "|---|---|---|---|---|---|---|"]
