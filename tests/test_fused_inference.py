@@ -68,3 +68,21 @@ def test_batched_state_mlps_equal_the_per_layer_ones(base_config):
     torch.testing.assert_close(got, expected.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(changed[:, 1], got[:, 1] + 1.0)
     torch.testing.assert_close(changed[:, 0], got[:, 0])
+
+
+def test_zero3_sharded_weights_take_the_module_path(tokenizer, monkeypatch):
+    """Under DeepSpeed ZeRO-3 a module's weights are gathered only when the module runs: with
+    sharded (ds_id-tagged) parameters the emulator and student run their modules, not the fused path."""
+    import icot_hf.fused_inference as fused
+
+    emulator = ImplicitCoTEmulator.from_base_model(AutoModelForCausalLM.from_config(tiny_config("gpt2", tokenizer))).eval()
+    student = ImplicitCoTStudent.from_base_model(AutoModelForCausalLM.from_config(tiny_config("gpt2", tokenizer))).eval()
+    with torch.no_grad():
+        assert fused.can_fuse_emulator(emulator) and fused.can_fuse_state_mlps(student)
+        emulator.lstm.weight_hh.ds_id = 7
+        student.state_mlps[0][0].weight.ds_id = 8
+        assert not fused.can_fuse_emulator(emulator) and not fused.can_fuse_state_mlps(student)
+        monkeypatch.setattr(fused.InferenceStep, "__call__", lambda *a: (_ for _ in ()).throw(AssertionError("fused path used")))
+        ids = torch.randint(3, len(tokenizer), (2, 5))
+        states = emulator(ids, torch.ones_like(ids), torch.tensor([4, 4])).predicted_states
+        assert states.shape == (2, emulator.num_layers, emulator.config.base_config.hidden_size)

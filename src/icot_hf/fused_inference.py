@@ -84,6 +84,20 @@ def fused_parameters(emulator) -> list[torch.Tensor]:
     return params
 
 
+def is_sharded(params) -> bool:
+    """DeepSpeed ZeRO-3 partitions parameters and gathers each module's own when that module runs;
+    the fused path reads the weights without running the modules, so it must not run there."""
+    return any(hasattr(p, "ds_id") for p in params)
+
+
+def can_fuse_emulator(emulator) -> bool:
+    return not torch.is_grad_enabled() and not is_sharded(fused_parameters(emulator))
+
+
+def can_fuse_state_mlps(student) -> bool:
+    return not torch.is_grad_enabled() and not is_sharded(p for mlp in student.state_mlps for p in (mlp[0].weight, mlp[2].weight))
+
+
 def fused_weights(emulator) -> FusedEmulatorWeights:
     """The fused weights, rebuilt when any parameter they are made from was replaced or
     changed in place (a training step, `load_state_dict`, a device or dtype move)."""

@@ -20,7 +20,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
 from .configuration_icot import ImplicitCoTConfig, ImplicitCoTEmulatorConfig, ImplicitCoTStudentConfig
-from .fused_inference import InferenceStep, fused_state_vectors
+from .fused_inference import InferenceStep, can_fuse_emulator, can_fuse_state_mlps, fused_state_vectors
 from .hooks import edit_layer_inputs, substitute_rows, substitute_states
 from .teacher import new_token_budget
 
@@ -181,7 +181,7 @@ class ImplicitCoTStudent(ImplicitCoTPreTrainedModel):
 
     def state_vectors(self, teacher_states: torch.Tensor, mapped: bool = False) -> torch.Tensor:
         states = teacher_states if mapped else self.select_teacher_layers(teacher_states)
-        if not torch.is_grad_enabled():  # inference: all layers' MLPs as two batched matmuls
+        if can_fuse_state_mlps(self):  # inference: all layers' MLPs as two batched matmuls
             return fused_state_vectors(self, states)
         return torch.stack([mlp(states[:, layer]) for layer, mlp in enumerate(self.state_mlps)], dim=1)
 
@@ -283,7 +283,7 @@ class ImplicitCoTEmulator(ImplicitCoTPreTrainedModel):
         attention_mask = attention_mask[:, : input_ids.shape[1]]
         temperature = softmax_temperature or self.config.softmax_temperature
         batch, width = input_ids.shape[0], self.config.base_config.hidden_size
-        if not torch.is_grad_enabled():  # inference: the same step in fewer operations (fused_inference.py)
+        if can_fuse_emulator(self):  # inference: the same step in fewer operations (fused_inference.py)
             step = InferenceStep(self, batch, temperature, input_ids.device, self.lstm.weight_ih.dtype)
             with edit_layer_inputs(self.lm, separator_positions, step, input_ids.shape[1]):
                 self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions_from_mask(attention_mask), use_cache=False)
