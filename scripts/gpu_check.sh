@@ -15,7 +15,7 @@
 # script is known to run before a GPU session spends its minutes on it).
 #
 #   bash scripts/gpu_check.sh    # from the repository root; PY (default .venv/bin/python, else python3),
-#                                # ICOT_PARITY_DIR (default ../shared/parity), TEST_FILE (the paper's 4x4 test set)
+#                                # TEST_FILE (the paper's 4x4 test set; the pipeline's own test split is evaluated either way)
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PY:-$([ -x "$REPO/.venv/bin/python" ] && echo "$REPO/.venv/bin/python" || command -v python3)}
