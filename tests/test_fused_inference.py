@@ -1,6 +1,7 @@
 """Inference without autograd (fused_inference.py) computes what the training path computes:
 the student's batched state MLPs, and the emulator's step for both architectures, a mixture table of one vector (folded into the MLP bias)
-or several, left-padded ragged prompts, and weights changed after a first call."""
+or several, left-padded ragged prompts, and weights changed after a first call (in place or
+moved to another dtype)."""
 
 import pytest
 import torch
@@ -53,6 +54,10 @@ def test_fused_weights_follow_parameter_changes(tokenizer):
     training, _ = both_paths(emulator, ids, mask, positions)
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, training.predicted_states.detach(), rtol=1e-5, atol=1e-5)
+    emulator.to(torch.float64)  # swaps each parameter's .data: same object, same version, new storage
+    training, inference = both_paths(emulator, ids, mask, positions)
+    assert inference.predicted_states.dtype == torch.float64
+    torch.testing.assert_close(inference.predicted_states, training.predicted_states.detach(), rtol=1e-9, atol=1e-9)
 
 
 def test_batched_state_mlps_equal_the_per_layer_ones(base_config):

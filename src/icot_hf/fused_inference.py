@@ -75,6 +75,13 @@ def fuse_weights(emulator) -> FusedEmulatorWeights:
     )
 
 
+def parameter_key(params) -> tuple:
+    """What identifies the current values of `params`: an in-place change bumps `_version`; a
+    device or dtype move (`module.to`, which swaps `.data` and keeps the version) changes the
+    storage, its address, dtype or device."""
+    return tuple((id(p), p._version, p.data_ptr(), p.dtype, p.device) for p in params)
+
+
 def fused_parameters(emulator) -> list[torch.Tensor]:
     """The parameters the fused weights are made from (read directly: walking
     `emulator.parameters()` would visit the whole decoder, milliseconds per call)."""
@@ -101,7 +108,7 @@ def can_fuse_state_mlps(student) -> bool:
 def fused_weights(emulator) -> FusedEmulatorWeights:
     """The fused weights, rebuilt when any parameter they are made from was replaced or
     changed in place (a training step, `load_state_dict`, a device or dtype move)."""
-    key = tuple((id(p), p._version) for p in fused_parameters(emulator))
+    key = parameter_key(fused_parameters(emulator))
     cached = getattr(emulator, "_fused_inference_cache", None)
     if cached is None or cached[0] != key:
         with torch.no_grad():
@@ -153,7 +160,7 @@ class InferenceStep:
 def _stacked_state_mlps(student) -> tuple[torch.Tensor, ...]:
     """(L, in, 4H), (L, 1, 4H), (L, 4H, H), (L, 1, H), rebuilt when a parameter changes."""
     layers = [(mlp[0], mlp[2]) for mlp in student.state_mlps]
-    key = tuple((id(p), p._version) for first, last in layers for p in (first.weight, first.bias, last.weight, last.bias))
+    key = parameter_key(p for first, last in layers for p in (first.weight, first.bias, last.weight, last.bias))
     cached = getattr(student, "_stacked_state_mlps_cache", None)
     if cached is None or cached[0] != key:
         with torch.no_grad():
