@@ -1,5 +1,5 @@
-"""Inference without autograd (fused_inference.py) computes what the training path computes:
-the student's batched state MLPs, and the emulator's step for both architectures, a mixture table of one vector (folded into the MLP bias)
+"""The emulator's inference step (no autograd: fused_inference.py) computes what its training
+path computes, for both architectures, a mixture table of one vector (folded into the MLP bias)
 or several, left-padded ragged prompts, and weights changed after a first call (in place or
 moved to another dtype)."""
 
@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import tiny_config
-from icot_hf import ImplicitCoTEmulator, ImplicitCoTStudent
+from icot_hf import ImplicitCoTEmulator
 
 
 def both_paths(emulator, ids, mask, positions, states=None):
@@ -60,33 +60,16 @@ def test_fused_weights_follow_parameter_changes(tokenizer):
     torch.testing.assert_close(inference.predicted_states, training.predicted_states.detach(), rtol=1e-9, atol=1e-9)
 
 
-def test_batched_state_mlps_equal_the_per_layer_ones(base_config):
-    torch.manual_seed(2)
-    student = ImplicitCoTStudent.from_base_model(AutoModelForCausalLM.from_config(base_config), teacher_hidden_size=48).eval()
-    states = torch.randn(3, student.num_layers, 48)
-    with torch.enable_grad():
-        expected = student.state_vectors(states, mapped=True)
-    with torch.no_grad():
-        got = student.state_vectors(states, mapped=True)
-        student.state_mlps[1][2].bias.add_(1.0)  # a changed parameter is seen
-        changed = student.state_vectors(states, mapped=True)
-    torch.testing.assert_close(got, expected.detach(), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(changed[:, 1], got[:, 1] + 1.0)
-    torch.testing.assert_close(changed[:, 0], got[:, 0])
-
-
 def test_zero3_sharded_weights_take_the_module_path(tokenizer, monkeypatch):
     """Under DeepSpeed ZeRO-3 a module's weights are gathered only when the module runs: with
-    sharded (ds_id-tagged) parameters the emulator and student run their modules, not the fused path."""
+    sharded (ds_id-tagged) parameters the emulator runs its modules, not the fused path."""
     import icot_hf.fused_inference as fused
 
     emulator = ImplicitCoTEmulator.from_base_model(AutoModelForCausalLM.from_config(tiny_config("gpt2", tokenizer))).eval()
-    student = ImplicitCoTStudent.from_base_model(AutoModelForCausalLM.from_config(tiny_config("gpt2", tokenizer))).eval()
     with torch.no_grad():
-        assert fused.can_fuse_emulator(emulator) and fused.can_fuse_state_mlps(student)
+        assert fused.can_fuse_emulator(emulator)
         emulator.lstm.weight_hh.ds_id = 7
-        student.state_mlps[0][0].weight.ds_id = 8
-        assert not fused.can_fuse_emulator(emulator) and not fused.can_fuse_state_mlps(student)
+        assert not fused.can_fuse_emulator(emulator)
         monkeypatch.setattr(fused.InferenceStep, "__call__", lambda *a: (_ for _ in ()).throw(AssertionError("fused path used")))
         ids = torch.randint(3, len(tokenizer), (2, 5))
         states = emulator(ids, torch.ones_like(ids), torch.tensor([4, 4])).predicted_states

@@ -1,14 +1,15 @@
-"""Inference without autograd in fewer, larger operations: the thought emulator's per-layer
-step (the same arithmetic as `ImplicitCoTEmulator.forward`'s training path) and the student's
-per-layer state MLPs (`ImplicitCoTStudent.state_vectors`).
+"""The thought emulator's per-layer step for inference (no autograd) in fewer, larger
+operations: the same arithmetic as `ImplicitCoTEmulator.forward`'s training path.
 
-Why: at batch 1 the emulator's step runs between decoder layers on one vector per row, so
-its cost is the number of operations, not their size. Profiled on the 8 x 128 4x4 model
-(one thread), the step took more time than the emulator's whole decoder pass over the
-question: two `einsum`s (their parsing alone costs several small matmuls), an LSTM cell
-made of two matmuls and a chain of gate ops, separate key and query projections, and a
-concatenation before each state MLP. Here the weights are fused once (and kept until a
-parameter changes):
+Why: at small batch the emulator's step runs between decoder layers on one vector per row,
+so much of its cost is per operation (a kernel launch on a GPU, dispatch on a CPU). Profiled
+on the untrained 8 x 128 4x4 shape (one thread), the step took more time than the emulator's
+whole decoder pass over the question: two `einsum`s (their parsing alone costs several small
+matmuls), an LSTM cell made of two matmuls and a chain of gate ops, separate key and query
+projections, and a concatenation before each state MLP; fused, the emulator pass went from
+12.2 to 10.7 ms. On wider models at batch 1 on a CPU, reading the modules' weights is most of
+the step's time and fusing does not change that (results/notes/bench_runs.md, session 6).
+Here the weights are fused once (and kept until a parameter changes):
 
 - the key and query projections are one matmul;
 - the LSTM cell's two matmuls are one, over [input; h] against [W_ih; W_hh];
@@ -17,10 +18,10 @@ parameter changes):
 - attention over the earlier layers' keys is two `bmm`s on a preallocated key buffer, and
   predictions go straight into the (B, L, H) output.
 
-The student's L state MLPs, each two small matmuls on one vector per row, run as two batched
-matmuls over stacked weights.
+Only the shared LSTM and key/query weights are copied (10 H^2 values); the per-layer state MLPs,
+most of the emulator's size, are read through transposed views.
 
-`tests/test_fused_inference.py` checks both against the training path.
+`tests/test_fused_inference.py` checks it against the training path.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import torch
 class FusedEmulatorWeights:
     """Weights of the inference step, derived from the emulator's parameters."""
 
-    mlp_in_weight: list[torch.Tensor]  # per layer (in, 4H), transposed for addmm; in = H with a folded table, else 2H
+    mlp_in_weight: list[torch.Tensor]  # per layer (in, 4H), a transposed view; in = H with a folded table, else 2H
     mlp_in_bias: list[torch.Tensor]
     mlp_out_weight: list[torch.Tensor]  # per layer (4H, H)
     mlp_out_bias: list[torch.Tensor]
@@ -52,16 +53,18 @@ def fuse_weights(emulator) -> FusedEmulatorWeights:
     table = emulator.mixture.weight
     folded = table.shape[0] == 1
     mlp_in_weight, mlp_in_bias, mlp_out_weight, mlp_out_bias = [], [], [], []
+    # Per-layer weights are transposed views of the parameters (no copy: the state MLPs are most
+    # of the emulator's size); only the shared LSTM and key/query weights are concatenated copies.
     for mlp in emulator.state_mlps:
         first, last = mlp[0], mlp[2]
         if folded:  # [z; m] W^T + b = z W_z^T + (m W_m^T + b)
-            mlp_in_weight.append(first.weight[:, :width].t().contiguous())
+            mlp_in_weight.append(first.weight[:, :width].t())
             mlp_in_bias.append(torch.addmv(first.bias, first.weight[:, width:], table[0]))
         else:
-            mlp_in_weight.append(first.weight.t().contiguous())
-            mlp_in_bias.append(first.bias.clone())
-        mlp_out_weight.append(last.weight.t().contiguous())
-        mlp_out_bias.append(last.bias.clone())
+            mlp_in_weight.append(first.weight.t())
+            mlp_in_bias.append(first.bias)
+        mlp_out_weight.append(last.weight.t())
+        mlp_out_bias.append(last.bias)
     lstm = emulator.lstm
     return FusedEmulatorWeights(
         mlp_in_weight, mlp_in_bias, mlp_out_weight, mlp_out_bias,
@@ -69,8 +72,8 @@ def fuse_weights(emulator) -> FusedEmulatorWeights:
         lstm_bias=lstm.bias_ih + lstm.bias_hh,
         key_query_weight=torch.cat([emulator.key_proj.weight, emulator.query_proj.weight], dim=0).t().contiguous(),
         key_query_bias=torch.cat([emulator.key_proj.bias, emulator.query_proj.bias]),
-        out_weight=emulator.out_proj.weight.t().contiguous(),
-        out_bias=emulator.out_proj.bias.clone(),
+        out_weight=emulator.out_proj.weight.t(),
+        out_bias=emulator.out_proj.bias,
         table_folded=folded,
     )
 
@@ -99,10 +102,6 @@ def is_sharded(params) -> bool:
 
 def can_fuse_emulator(emulator) -> bool:
     return not torch.is_grad_enabled() and not is_sharded(fused_parameters(emulator))
-
-
-def can_fuse_state_mlps(student) -> bool:
-    return not torch.is_grad_enabled() and not is_sharded(p for mlp in student.state_mlps for p in (mlp[0].weight, mlp[2].weight))
 
 
 def fused_weights(emulator) -> FusedEmulatorWeights:
@@ -156,22 +155,3 @@ class InferenceStep:
         out = torch.addmm(w.out_bias, torch.cat([h, self.context], dim=-1), w.out_weight)
         return substitute_rows(hidden, index, out, layer)
 
-
-def _stacked_state_mlps(student) -> tuple[torch.Tensor, ...]:
-    """(L, in, 4H), (L, 1, 4H), (L, 4H, H), (L, 1, H), rebuilt when a parameter changes."""
-    layers = [(mlp[0], mlp[2]) for mlp in student.state_mlps]
-    key = parameter_key(p for first, last in layers for p in (first.weight, first.bias, last.weight, last.bias))
-    cached = getattr(student, "_stacked_state_mlps_cache", None)
-    if cached is None or cached[0] != key:
-        with torch.no_grad():
-            stacked = (torch.stack([first.weight.t() for first, _ in layers]), torch.stack([first.bias for first, _ in layers]).unsqueeze(1),
-                       torch.stack([last.weight.t() for _, last in layers]), torch.stack([last.bias for _, last in layers]).unsqueeze(1))
-        cached = student._stacked_state_mlps_cache = (key, stacked)
-    return cached[1]
-
-
-def fused_state_vectors(student, states: torch.Tensor) -> torch.Tensor:
-    """mlp_l(states[:, l]) for every layer l at once: (B, L, in) -> (B, L, H)."""
-    w1, b1, w2, b2 = _stacked_state_mlps(student)
-    hidden = torch.baddbmm(b1, states.transpose(0, 1).to(w1.dtype), w1).relu_()
-    return torch.baddbmm(b2, hidden, w2).transpose(0, 1)

@@ -20,7 +20,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
 from .configuration_icot import ImplicitCoTConfig, ImplicitCoTEmulatorConfig, ImplicitCoTStudentConfig
-from .fused_inference import InferenceStep, can_fuse_emulator, can_fuse_state_mlps, fused_state_vectors
+from .fused_inference import InferenceStep, can_fuse_emulator
 from .hooks import edit_layer_inputs, substitute_rows, substitute_states
 from .teacher import new_token_budget
 
@@ -181,8 +181,6 @@ class ImplicitCoTStudent(ImplicitCoTPreTrainedModel):
 
     def state_vectors(self, teacher_states: torch.Tensor, mapped: bool = False) -> torch.Tensor:
         states = teacher_states if mapped else self.select_teacher_layers(teacher_states)
-        if can_fuse_state_mlps(self):  # inference: all layers' MLPs as two batched matmuls
-            return fused_state_vectors(self, states)
         return torch.stack([mlp(states[:, layer]) for layer, mlp in enumerate(self.state_mlps)], dim=1)
 
     def forward(
