@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .hooks import substitute_rows
+
 
 @dataclass
 class FusedEmulatorWeights:
@@ -132,8 +134,6 @@ class InferenceStep:
         self.context = torch.zeros_like(self.h)
 
     def __call__(self, layer: int, hidden: torch.Tensor, index) -> torch.Tensor:
-        from .hooks import substitute_rows
-
         w, width = self.weights, self.width
         z = index.gather(hidden, copy=False).to(self.h.dtype)
         mlp_input = z if w.table_folded else torch.cat([z, self.emulator._mix(z, self.temperature)], dim=-1)
