@@ -49,6 +49,26 @@ def test_removal_shifts_tokens_and_masks_labels(tokenizer):
         assert labels[row][~mask[row].bool()].eq(-100).all()
         assert (ids[row, seps[row]] == tokenizer.eos_token_id).all()
     assert seps[3, 1] == seps[3, 0] + 1  # no CoT left: the two separators are adjacent
+    assert ids.shape[1] == int(mask.sum(1).max())  # columns that are padding in every row are dropped
+    everything = torch.full((4,), 100)
+    ids_all, mask_all, _, _ = remove_cot_tokens(batch["explicit_input_ids"], batch["explicit_attention_mask"], batch["explicit_separators"], everything, tokenizer.pad_token_id)
+    assert ids_all.shape[1] == int((batch["explicit_separators"][:, 0] + 1 + batch["explicit_attention_mask"].sum(1) - batch["explicit_separators"][:, 1]).max())
+
+
+def test_dropping_padding_columns_leaves_the_loss_unchanged(tokenizer):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("gpt2", tokenizer)).eval()
+    data = tokenize_dataset(multiplication_dataset(2, 6, seed=3), tokenizer, views=("explicit",))
+    batch = ICoTCollator(tokenizer.pad_token_id, views=("explicit",))(data.to_list())
+    removed = torch.full((6,), 100)
+    ids, mask, labels, _ = remove_cot_tokens(batch["explicit_input_ids"], batch["explicit_attention_mask"], batch["explicit_separators"], removed, tokenizer.pad_token_id)
+    width = batch["explicit_input_ids"].shape[1]
+    assert ids.shape[1] < width
+    padded = [torch.nn.functional.pad(t, (0, width - ids.shape[1]), value=v) for t, v in ((ids, tokenizer.pad_token_id), (mask, 0), (labels, -100))]
+    with torch.no_grad():
+        trimmed_loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        padded_loss = model(input_ids=padded[0], attention_mask=padded[1], labels=padded[2]).loss
+    assert trimmed_loss == pytest.approx(float(padded_loss), rel=1e-5)
 
 
 def train(tmp_path, tokenizer, data, max_steps, resume=None):
