@@ -227,6 +227,29 @@ def test_gated_resume_mid_stage_gives_the_same_schedule(tmp_path, tokenizer):
     assert removed(resumed)[-9:] == removed(full)[-9:]
 
 
+def test_a_tie_in_exact_match_goes_to_the_lower_validation_loss():
+    from icot_hf.trainers.stepwise_trainer import beats_best
+
+    assert beats_best(0.0, 2.0, None, None)  # the first fully-removed evaluation
+    assert beats_best(0.2, 9.0, 0.1, 1.0) and not beats_best(0.1, 0.5, 0.2, 1.0)  # exact match first
+    assert beats_best(0.1, 0.9, 0.1, 1.0) and not beats_best(0.1, 1.1, 0.1, 1.0) and not beats_best(0.1, 1.0, 0.1, 1.0)
+    assert beats_best(0.1, 0.9, 0.1, None)  # a best saved before losses were kept (an older checkpoint)
+
+
+def test_the_kept_model_among_tied_fully_removed_evaluations_has_the_lowest_loss(tmp_path, tokenizer):
+    data = tokenize_dataset(multiplication_dataset(2, 64, seed=6), tokenizer, views=("explicit",))
+    trainer = make_trainer(tmp_path, tokenizer, data, eval_data=data.select(range(8)), max_steps=14, removal_schedule="fixed",
+                           removal_unit="steps", removal_interval_steps=4, remove_per_stage=4, eval_strategy="steps",
+                           eval_steps=2, eval_exact_match_samples=8, learning_rate=3e-3)
+    scores = iter([0.1, 0.9, 0.2, 0.3, 0.5, 0.5, 0.5])  # the three fully removed evaluations (steps 10, 12, 14) tie
+    trainer.exact_match = lambda dataset, limit: next(scores)
+    trainer.train()
+    losses = {e["step"]: e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e and e["step"] >= 10}
+    assert sorted(losses) == [10, 12, 14] and len(set(losses.values())) == 3
+    assert trainer.schedule.best_step == min(losses, key=losses.get)
+    assert trainer.schedule.best_loss == pytest.approx(min(losses.values()))
+
+
 def test_best_fully_removed_evaluation_is_kept_and_restored(tmp_path, tokenizer):
     from icot_hf.curves import learning_curve
 
@@ -242,9 +265,9 @@ def test_best_fully_removed_evaluation_is_kept_and_restored(tmp_path, tokenizer)
     snapshots = {}
     original = trainer._save_best
 
-    def spy(score):
+    def spy(score, loss):
         snapshots[trainer.state.global_step] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-        original(score)
+        original(score, loss)
 
     trainer._save_best = spy
     trainer.train()

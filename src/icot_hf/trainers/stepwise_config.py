@@ -60,7 +60,7 @@ class StepwiseInternalizationConfig(ICoTTrainingArguments):
     keep_best_fully_removed: bool = field(
         default=True,
         metadata={"help": "Keep the evaluation with the best validation exact match among those with the CoT fully removed, "
-                  "and end training with that model (the reference keeps its best epoch)."},
+                  "and end training with that model (the reference keeps its best epoch); a tie goes to the lower validation loss."},
     )
     max_new_tokens: int = field(default=256, metadata={"help": "Generation budget for exact-match eval."})
 
