@@ -23,6 +23,9 @@ ACCELERATE=${ACCELERATE:-$([ -x "$(dirname "$PY")/accelerate" ] && echo "$(dirna
 CHECK_DIR=$(mkdir -p "${CHECK_DIR:-results/gpu_check}" && cd "${CHECK_DIR:-results/gpu_check}" && pwd)
 TEST_FILE=${TEST_FILE:-$REPO/../shared/data/icot_original/4_by_4_mult/test_bigbench.txt}
 SMOKE=${GPU_CHECK_SMOKE:-}
+# Per-launch limits, sized for the GPU session's 10 minutes; the CPU smoke path scales them up, since a
+# loaded CPU (a test run beside training jobs) can take minutes over a tiny DeepSpeed launch.
+LIMIT_SCALE=${LIMIT_SCALE:-$([ -n "$SMOKE" ] && echo 4 || echo 1)}
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 report="$CHECK_DIR/report.md"
 echo "# Device check ($(date -u +%Y-%m-%dT%H:%MZ))" > "$report"
@@ -55,7 +58,7 @@ echo "==> training throughput ($(date +%T))"
   else
     for precision in bf16 fp32; do  # GPT-2 small (the paper's shape) at the paper's batch 32
       flag=$([ "$precision" = bf16 ] && echo --bf16 || true)
-      timeout 200 "$PY" "$REPO/benchmarks/train_throughput.py" --shape gpt2-small $flag --batch_sizes 32 --steps 40 --warmup 10 \
+      timeout $((200 * LIMIT_SCALE)) "$PY" "$REPO/benchmarks/train_throughput.py" --shape gpt2-small $flag --batch_sizes 32 --steps 40 --warmup 10 \
         --output_dir "$CHECK_DIR/throughput_$precision" >> "$CHECK_DIR/throughput.log" 2>&1 || { echo "- $precision: FAILED or timed out, see throughput.log"; failed=1; }
       tail -n +3 "$CHECK_DIR/throughput_$precision/train_throughput.md" 2>/dev/null
     done
@@ -82,7 +85,7 @@ side_checks() {
     local name=$1 config=$2 recipe=$3; shift 3
     local extra=(--mixed_precision "$precision")
     [ -n "$SMOKE" ] && [ "$config" = gpu ] && extra+=(--cpu)
-    if timeout 240 "$ACCELERATE" launch --config_file "$REPO/recipes/accelerate_configs/$config.yaml" "${extra[@]}" "$REPO/recipes/$recipe.py" "${common[@]}" \
+    if timeout $((240 * LIMIT_SCALE)) "$ACCELERATE" launch --config_file "$REPO/recipes/accelerate_configs/$config.yaml" "${extra[@]}" "$REPO/recipes/$recipe.py" "${common[@]}" \
          --output_dir "$CHECK_DIR/launch/$name" "$@" > "$CHECK_DIR/launch_$name.log" 2>&1; then
       echo "- $name ($config, $precision): finished, train_loss $("$PY" -c "import json,sys; print(round(json.load(open(sys.argv[1]))['train_loss'], 4))" "$CHECK_DIR/launch/$name/training_complete.json")"
     else
