@@ -1,5 +1,7 @@
 """Stepwise internalization: the removal schedule, smoothing bounds, masking, resume."""
 
+import json
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -51,7 +53,7 @@ def test_removal_shifts_tokens_and_masks_labels(tokenizer):
     assert seps[3, 1] == seps[3, 0] + 1  # no CoT left: the two separators are adjacent
     assert ids.shape[1] == int(mask.sum(1).max())  # columns that are padding in every row are dropped
     everything = torch.full((4,), 100)
-    ids_all, mask_all, _, _ = remove_cot_tokens(batch["explicit_input_ids"], batch["explicit_attention_mask"], batch["explicit_separators"], everything, tokenizer.pad_token_id)
+    ids_all, _, _, _ = remove_cot_tokens(batch["explicit_input_ids"], batch["explicit_attention_mask"], batch["explicit_separators"], everything, tokenizer.pad_token_id)
     assert ids_all.shape[1] == int((batch["explicit_separators"][:, 0] + 1 + batch["explicit_attention_mask"].sum(1) - batch["explicit_separators"][:, 1]).max())
 
 
@@ -236,13 +238,21 @@ def test_a_tie_in_exact_match_goes_to_the_lower_validation_loss():
     assert beats_best(0.1, 0.9, 0.1, None)  # a best saved before losses were kept (an older checkpoint)
 
 
-def test_the_kept_model_among_tied_fully_removed_evaluations_has_the_lowest_loss(tmp_path, tokenizer):
+def fully_removed_from_step_8(tmp_path, tokenizer, scores):
+    """A fixed-schedule run whose evaluations after steps 2, 4, ..., 14 score `scores` in turn.
+    Stage = step // 4 (x 4 tokens; a 2x2 CoT is 8): step index 8 on trains fully removed, so the
+    evaluations after steps 10, 12, 14 are fully removed."""
     data = tokenize_dataset(multiplication_dataset(2, 64, seed=6), tokenizer, views=("explicit",))
     trainer = make_trainer(tmp_path, tokenizer, data, eval_data=data.select(range(8)), max_steps=14, removal_schedule="fixed",
                            removal_unit="steps", removal_interval_steps=4, remove_per_stage=4, eval_strategy="steps",
                            eval_steps=2, eval_exact_match_samples=8, learning_rate=3e-3)
-    scores = iter([0.1, 0.9, 0.2, 0.3, 0.5, 0.5, 0.5])  # the three fully removed evaluations (steps 10, 12, 14) tie
+    scores = iter(scores)
     trainer.exact_match = lambda dataset, limit: next(scores)
+    return trainer
+
+
+def test_the_kept_model_among_tied_fully_removed_evaluations_has_the_lowest_loss(tmp_path, tokenizer):
+    trainer = fully_removed_from_step_8(tmp_path, tokenizer, [0.1, 0.9, 0.2, 0.3, 0.5, 0.5, 0.5])  # steps 10, 12, 14 tie
     trainer.train()
     losses = {e["step"]: e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e and e["step"] >= 10}
     assert sorted(losses) == [10, 12, 14] and len(set(losses.values())) == 3
@@ -253,15 +263,8 @@ def test_the_kept_model_among_tied_fully_removed_evaluations_has_the_lowest_loss
 def test_best_fully_removed_evaluation_is_kept_and_restored(tmp_path, tokenizer):
     from icot_hf.curves import learning_curve
 
-    data = tokenize_dataset(multiplication_dataset(2, 64, seed=6), tokenizer, views=("explicit",))
-    trainer = make_trainer(tmp_path, tokenizer, data, eval_data=data.select(range(8)), max_steps=14, removal_schedule="fixed",
-                           removal_unit="steps", removal_interval_steps=4, remove_per_stage=4, eval_strategy="steps",
-                           eval_steps=2, eval_exact_match_samples=8, learning_rate=3e-3)
-    # Stage = step // 4 (x 4 tokens; a 2x2 CoT is 8): step index 8 on trains fully removed, so the
-    # evaluations after steps 10, 12, 14 are fully removed. They score as below; the best before
-    # full removal (0.9 after step 4) must not count.
-    scores = iter([0.1, 0.9, 0.2, 0.3, 0.5, 0.6, 0.4])
-    trainer.exact_match = lambda dataset, limit: next(scores)
+    # The best before full removal (0.9 after step 4) must not count.
+    trainer = fully_removed_from_step_8(tmp_path, tokenizer, [0.1, 0.9, 0.2, 0.3, 0.5, 0.6, 0.4])
     snapshots = {}
     original = trainer._save_best
 
@@ -276,7 +279,8 @@ def test_best_fully_removed_evaluation_is_kept_and_restored(tmp_path, tokenizer)
     final = trainer.model.state_dict()
     assert all(torch.equal(final[k], snapshots[12][k]) for k in final)
     assert not all(torch.equal(final[k], snapshots[10][k]) for k in final)
-    assert (tmp_path / "best_fully_removed" / "best.json").is_file()
+    best = json.loads((tmp_path / "best_fully_removed" / "best.json").read_text())
+    assert best["step"] == 12 and best["eval_exact_match"] == 0.6 and best["eval_loss"] == pytest.approx(trainer.schedule.best_loss)
     curve = learning_curve(trainer)
     assert [p["step"] for p in curve["evaluations"]] == [2, 4, 6, 8, 10, 12, 14]
     assert [p["exact_match"] for p in curve["evaluations"]] == [0.1, 0.9, 0.2, 0.3, 0.5, 0.6, 0.4]

@@ -294,7 +294,7 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
             self._save_best(score, loss)
         return metrics
 
-    def _save_best(self, score: float, loss: float | None = None) -> None:
+    def _save_best(self, score: float, loss: float | None) -> None:
         """Write the new best fully-removed model beside the checkpoints, atomically."""
         self.schedule.best_exact_match, self.schedule.best_loss, self.schedule.best_step = score, loss, self.state.global_step
         target = os.path.join(self.args.output_dir, BEST_DIR)
@@ -302,7 +302,7 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
         self.save_model(temporary)
         if self.is_world_process_zero():
             with open(os.path.join(temporary, "best.json"), "w") as f:
-                json.dump({"step": self.state.global_step, "eval_exact_match": score}, f)
+                json.dump({"step": self.state.global_step, "eval_exact_match": score, "eval_loss": loss}, f)
             if os.path.isdir(target):
                 shutil.rmtree(target)
             os.replace(temporary, target)
