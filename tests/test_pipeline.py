@@ -1,6 +1,7 @@
 """The whole pipeline through the real recipes and `accelerate launch`, on tiny configs:
 data -> teacher -> no-CoT -> student -> emulator -> coupled (ICoT-KD) and stepwise (ICoT-SI)
--> evaluation, then a re-run that skips every finished stage."""
+-> evaluation, then a re-run that skips every finished stage, and re-runs after a changed
+emulator and a changed teacher that retrain exactly what depends on them."""
 
 import json
 import os
@@ -74,6 +75,16 @@ def test_reproduce_pipeline_end_to_end(tmp_path):
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
     trained = [line.split()[0] for line in (tmp_path / "results" / "tiny" / "stage_seconds.txt").read_text().splitlines()[len(retimed):]]
     assert sorted(trained) == ["coupled", "emulator", "evaluate"]
+    # A retrained teacher (another seed) retrains ICoT-KD's stages, whose teacher-state cache, built
+    # from the old teacher, is rebuilt rather than refused.
+    teacher_config = configs / "teacher.yaml"
+    teacher_config.write_text(teacher_config.read_text() + "\nseed: 4321\n")
+    fourth = subprocess.run(["bash", str(REPO / "scripts" / "reproduce.sh")], cwd=tmp_path, env=dict(env, CONFIGS=str(configs), METHODS="kd"),
+                            capture_output=True, text=True)
+    assert fourth.returncode == 0, fourth.stdout[-3000:] + fourth.stderr[-3000:]
+    retrained = (tmp_path / "results" / "tiny" / "stage_seconds.txt").read_text().splitlines()
+    assert {"teacher", "mind_reading", "emulator", "coupled"} <= {line.split()[0] for line in retrained[len(retimed) + len(trained):]}
+    assert "rebuilding the teacher-state cache" in (tmp_path / "logs" / "tiny_mind_reading.log").read_text()
 
 
 def test_reproduce_rejects_unknown_method(tmp_path):

@@ -1,5 +1,7 @@
 """Teacher-state cache: the cached states are the teacher's, a trainer reading them computes
-the same loss as one running the teacher, and a cache built from anything else is refused."""
+the same loss as one running the teacher, and a cache built from anything else is refused, or
+rebuilt when the run asks for it (`--rerun_if_changed`, as `make reproduce` does after a retrained
+teacher), never over files a cache did not write."""
 
 import pytest
 import torch
@@ -45,6 +47,35 @@ def test_a_cache_built_from_something_else_is_refused(setup, tmp_path, change, f
         data = data.select(range(len(data) - 1))
     with pytest.raises(ValueError, match=f"built from something else.*{field}"):
         attach_teacher_states(data, teacher, collator, delta, "diagonal", tmp_path / "cache")
+
+
+def nudge(teacher):
+    with torch.no_grad():
+        teacher.transformer.h[1].mlp.c_fc.bias[0] += 1e-2
+
+
+def test_a_changed_teacher_gets_a_rebuilt_cache_when_asked(setup, tmp_path):
+    teacher, data, collator = setup
+    old = attach_teacher_states(data, teacher, collator, "dynamic", "diagonal", tmp_path / "cache")
+    nudge(teacher)
+    new = attach_teacher_states(data, teacher, collator, "dynamic", "diagonal", tmp_path / "cache", rebuild_if_changed=True)
+    batch = collator(new.select(range(8)).to_list())
+    direct = extract_teacher_states(teacher, batch["explicit_input_ids"], batch["explicit_attention_mask"], batch["explicit_separators"])
+    torch.testing.assert_close(batch["teacher_states"], direct, atol=1e-5, rtol=1e-5)
+    assert torch.tensor(new["teacher_states"][0]).ne(torch.tensor(old["teacher_states"][0])).any()
+    # the new cache is in place and matches the new teacher: a plain run reads it without complaint
+    attach_teacher_states(data, teacher, collator, "dynamic", "diagonal", tmp_path / "cache")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # no staging or replaced folders left
+
+
+def test_a_stale_cache_folder_with_foreign_files_is_not_replaced(setup, tmp_path):
+    teacher, data, collator = setup
+    attach_teacher_states(data, teacher, collator, "dynamic", "diagonal", tmp_path / "cache")
+    (tmp_path / "cache" / "my_notes.txt").write_text("mine")
+    nudge(teacher)
+    with pytest.raises(FileExistsError, match="holds files a cache does not write"):
+        attach_teacher_states(data, teacher, collator, "dynamic", "diagonal", tmp_path / "cache", rebuild_if_changed=True)
+    assert (tmp_path / "cache" / "my_notes.txt").read_text() == "mine"
 
 
 def test_a_trainer_reading_the_cache_computes_the_same_loss(setup, tmp_path, tokenizer):

@@ -227,17 +227,19 @@ def collator_for(tokenizer, views):
     return ICoTCollator(pad, views=views)
 
 
-def attach_state_cache(train, teacher, tokenizer, views, training_args):
+def attach_state_cache(train, teacher, tokenizer, views, training_args, script_args):
     """With `teacher_state_cache` set, `train` with the teacher's states as a column (the teacher
     then runs once over the split, not every step); else `train` as it is. Rank 0 builds the
-    cache, the other ranks then read it."""
+    cache, the other ranks then read it. A cache from another teacher is rebuilt under
+    `--rerun_if_changed` (a retrained teacher in `make reproduce`), refused otherwise."""
     if not training_args.teacher_state_cache:
         return train
     from .state_cache import attach_teacher_states
 
     with training_args.main_process_first(desc="teacher-state cache"):
         return attach_teacher_states(train, teacher.to(training_args.device), collator_for(tokenizer, views), training_args.delta,
-                                     training_args.subset, training_args.teacher_state_cache, training_args.per_device_eval_batch_size)
+                                     training_args.subset, training_args.teacher_state_cache, training_args.per_device_eval_batch_size,
+                                     rebuild_if_changed=script_args.rerun_if_changed)
 
 
 def checkpoint_is_complete(path: Path) -> bool:

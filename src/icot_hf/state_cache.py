@@ -9,13 +9,15 @@ the trainers read it instead of running the teacher (evaluation still runs the t
 
 The cache records what it was built from (`state_cache.json`: a hash of the teacher's weights,
 the extraction settings, the training split's fingerprint and size). A later run with anything
-different stops with the fields that differ, rather than train on another teacher's states.
+different stops with the fields that differ, rather than train on another teacher's states,
+or, when the recipe runs with `--rerun_if_changed`, rebuilds the cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -28,6 +30,7 @@ from tqdm.auto import tqdm
 
 CACHE_COLUMN = "teacher_states"
 INFO_FILE = "state_cache.json"
+logger = logging.getLogger(__name__)
 
 
 def teacher_fingerprint(teacher) -> str:
@@ -61,36 +64,66 @@ def extract_all(teacher, dataset: Dataset, collator, delta, subset: str, batch_s
     return np.concatenate(chunks)
 
 
-def attach_teacher_states(dataset: Dataset, teacher, collator, delta, subset: str, cache_dir: str | os.PathLike, batch_size: int = 128) -> Dataset:
-    """`dataset` with a `teacher_states` column, from `cache_dir` (built there on first use)."""
+CACHE_FILES = ("dataset_info.json", "state.json", INFO_FILE)  # and data-*.arrow: what a cache folder holds
+
+
+def is_only_cache_files(cache_dir: Path) -> bool:
+    return all(f.name in CACHE_FILES or (f.name.startswith("data-") and f.suffix == ".arrow") for f in cache_dir.iterdir())
+
+
+def attach_teacher_states(dataset: Dataset, teacher, collator, delta, subset: str, cache_dir: str | os.PathLike, batch_size: int = 128,
+                          rebuild_if_changed: bool = False) -> Dataset:
+    """`dataset` with a `teacher_states` column, from `cache_dir` (built there on first use).
+
+    A cache built from another teacher, data or extraction settings is refused, or with
+    `rebuild_if_changed` (a recipe's `--rerun_if_changed`, which `make reproduce` passes, so a
+    retrained teacher gets fresh states) replaced: the new cache is built beside it and swapped in,
+    and the old folder is removed only when it holds nothing but a cache's own files."""
     cache_dir = Path(cache_dir)
     settings = cache_settings(teacher, dataset, delta, subset)
     info = cache_dir / INFO_FILE
     if info.is_file():
         saved = json.loads(info.read_text())
         different = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
-        if different:
-            detail = "; ".join(f"{k}: cache {old!r}, now {new!r}" for k, (old, new) in different.items())
+        if not different:
+            return join_states(dataset, cache_dir)
+        detail = "; ".join(f"{k}: cache {old!r}, now {new!r}" for k, (old, new) in different.items())
+        if not rebuild_if_changed:
             raise ValueError(f"{cache_dir}: the teacher-state cache was built from something else ({detail}). "
-                             "Point teacher_state_cache at a new folder, or delete this one to rebuild it.")
-        states = load_from_disk(str(cache_dir))
-    else:
-        if cache_dir.exists() and any(cache_dir.iterdir()):
-            raise FileExistsError(f"{cache_dir} is a non-empty folder without {INFO_FILE}; give teacher_state_cache a new folder")
-        teacher.eval()
-        values = extract_all(teacher, dataset, collator, delta, subset, batch_size)
-        states = Dataset.from_dict({CACHE_COLUMN: values})
-        cache_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.", dir=cache_dir.parent))
-        try:
-            states.save_to_disk(str(staging))
-            (staging / INFO_FILE).write_text(json.dumps(settings, indent=2))  # last: its presence means complete
-            if cache_dir.exists():
-                cache_dir.rmdir()  # empty, checked above
-            os.replace(staging, cache_dir)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        states = load_from_disk(str(cache_dir))
+                             "Point teacher_state_cache at a new folder, delete this one, or pass --rerun_if_changed true to rebuild it.")
+        if not is_only_cache_files(cache_dir):
+            raise FileExistsError(f"{cache_dir}: the teacher-state cache was built from something else ({detail}) and the folder "
+                                  "holds files a cache does not write, so it is not replaced; point teacher_state_cache at a new folder")
+        logger.warning("%s: rebuilding the teacher-state cache (%s)", cache_dir, detail)
+    elif cache_dir.exists() and any(cache_dir.iterdir()):
+        raise FileExistsError(f"{cache_dir} is a non-empty folder without {INFO_FILE}; give teacher_state_cache a new folder")
+    build_cache(teacher, dataset, collator, delta, subset, cache_dir, settings, batch_size)
+    return join_states(dataset, cache_dir)
+
+
+def build_cache(teacher, dataset, collator, delta, subset, cache_dir: Path, settings: dict, batch_size: int) -> None:
+    """Extract the states into a staging folder, then move it into place: a crash never leaves a
+    half-written cache at `cache_dir` (its info file is written last and moved with it)."""
+    teacher.eval()
+    states = Dataset.from_dict({CACHE_COLUMN: extract_all(teacher, dataset, collator, delta, subset, batch_size)})
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.", dir=cache_dir.parent))
+    replaced = None
+    try:
+        states.save_to_disk(str(staging))
+        (staging / INFO_FILE).write_text(json.dumps(settings, indent=2))
+        if cache_dir.exists():  # empty, or a stale cache of ours (checked by the caller)
+            replaced = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.replaced.", dir=cache_dir.parent))
+            os.replace(cache_dir, replaced / "cache")
+        os.replace(staging, cache_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if replaced is not None:
+            shutil.rmtree(replaced, ignore_errors=True)
+
+
+def join_states(dataset: Dataset, cache_dir: Path) -> Dataset:
+    states = load_from_disk(str(cache_dir))
     if len(states) != len(dataset):
         raise ValueError(f"{cache_dir}: {len(states)} cached states for {len(dataset)} examples; delete the cache to rebuild it")
     return concatenate_datasets([dataset, states], axis=1)
