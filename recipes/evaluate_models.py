@@ -42,6 +42,8 @@ class EvalArguments:
     output_dir: str = field(default="results/4x4_mult", metadata={"help": "Where results.json/.md/.png go."})
     device: str | None = field(default=None, metadata={"help": "torch device (default: cuda when available, else cpu)."})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's)."})
+    stage_lanes: int = field(default=1, metadata={"help": "2 when `make reproduce` trained ICoT-SI beside the no-CoT and ICoT-KD "
+                                                  "stages (LANES=2): the table then also gives the wall time with the lanes overlapped."})
 
 
 def evaluation_sets(args: EvalArguments) -> dict[str, tuple[list[str], list[str]]]:
@@ -132,6 +134,7 @@ def main():
     stage_times = read_stage_seconds(Path(args.output_dir) / "stage_seconds.txt")
     if stage_times:
         results["stage_wall_seconds"] = stage_times
+        results["stage_lanes"] = args.stage_lanes
     paths = write_results(results, args.output_dir)
     print(Path(paths["markdown"]).read_text())
     print(f"wrote {', '.join(str(p) for p in paths.values())}")

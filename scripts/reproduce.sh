@@ -146,7 +146,7 @@ tests=()
 [ -n "$TEST_FILE" ] && tests=(--test_files "$TEST_FILE")
 timed evaluate "$PY" "$REPO/recipes/evaluate_models.py" --task "$TASK" --dataset_name_or_path "$DATA" --split test "${tests[@]}" \
   "${models[@]}" \
-  --output_dir "$RESULTS" ${EVAL_ARGS:-}
+  --output_dir "$RESULTS" --stage_lanes "$( [ "$LANES" -ge 2 ] && wants stepwise && echo 2 || echo 1)" ${EVAL_ARGS:-}
 # 6. learning curves of every stage (examples seen -> validation exact match, token accuracy)
 "$PY" -m icot_hf.curves --output_dir "$RESULTS" --title "$TASK" "${curves[@]}"
 echo "==> [$TASK] finished in $(( $(date +%s) - STARTED )) s; results in $RESULTS/"

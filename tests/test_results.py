@@ -41,3 +41,14 @@ def test_plot_names_every_method_once_in_a_legend(tmp_path, monkeypatch):
     assert axes.get_title() == "4_by_4_mult/test_bigbench.txt"
     assert json.loads(paths["json"].read_text()) == RESULTS
     assert paths["plot"].stat().st_size > 1000
+
+
+def test_stage_times_with_two_lanes_overlap_icot_si_with_the_other_lane():
+    times = {"teacher": 600, "stepwise": 3000, "no_cot": 1200, "mind_reading": 600, "emulator": 600, "coupled": 1200, "evaluate": 120}
+    one_lane = markdown_table(dict(RESULTS, stage_wall_seconds=times))
+    assert "| sum of the stages | 122.0 |" in one_lane and "two lanes" not in one_lane
+    two_lanes = markdown_table(dict(RESULTS, stage_wall_seconds=times, stage_lanes=2))
+    # teacher + evaluate + the longer lane (no-CoT and ICoT-KD: 3,600 s against ICoT-SI's 3,000)
+    assert "| wall time, two lanes side by side | 72.0 |" in two_lanes
+    shorter_kd = dict(times, coupled=100)
+    assert "| wall time, two lanes side by side | 62.0 |" in markdown_table(dict(RESULTS, stage_wall_seconds=shorter_kd, stage_lanes=2))
