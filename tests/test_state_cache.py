@@ -78,6 +78,28 @@ def test_a_stale_cache_folder_with_foreign_files_is_not_replaced(setup, tmp_path
     assert (tmp_path / "cache" / "my_notes.txt").read_text() == "mine"
 
 
+def test_a_failed_swap_keeps_the_old_cache(setup, tmp_path, monkeypatch):
+    import icot_hf.state_cache as state_cache
+
+    teacher, data, collator = setup
+    attach_teacher_states(data, teacher, collator, "dynamic", "diagonal", tmp_path / "cache")
+    before = (tmp_path / "cache" / "state_cache.json").read_text()
+    nudge(teacher)
+    real_replace = state_cache.os.replace
+
+    def failing_replace(src, dst):
+        if str(dst) == str(tmp_path / "cache") and ".replaced." not in str(src):
+            raise OSError("disk full")  # the new cache cannot move in
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(state_cache.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        attach_teacher_states(data, teacher, collator, "dynamic", "diagonal", tmp_path / "cache", rebuild_if_changed=True)
+    monkeypatch.undo()
+    assert (tmp_path / "cache" / "state_cache.json").read_text() == before  # the old cache is back, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+
+
 def test_a_trainer_reading_the_cache_computes_the_same_loss(setup, tmp_path, tokenizer):
     teacher, data, collator = setup
     student = ImplicitCoTStudent.from_base_model(AutoModelForCausalLM.from_config(tiny_config("gpt2", tokenizer, layers=4)),

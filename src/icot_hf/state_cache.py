@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 CACHE_COLUMN = "teacher_states"
 INFO_FILE = "state_cache.json"
+CACHE_FILES = ("dataset_info.json", "state.json", INFO_FILE)  # and data-*.arrow: what a cache folder holds
 logger = logging.getLogger(__name__)
 
 
@@ -62,9 +63,6 @@ def extract_all(teacher, dataset: Dataset, collator, delta, subset: str, batch_s
                                         delta=delta, pattern=subset)
         chunks.append(states.float().cpu().numpy())
     return np.concatenate(chunks)
-
-
-CACHE_FILES = ("dataset_info.json", "state.json", INFO_FILE)  # and data-*.arrow: what a cache folder holds
 
 
 def is_only_cache_files(cache_dir: Path) -> bool:
@@ -108,18 +106,23 @@ def build_cache(teacher, dataset, collator, delta, subset, cache_dir: Path, sett
     states = Dataset.from_dict({CACHE_COLUMN: extract_all(teacher, dataset, collator, delta, subset, batch_size)})
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.", dir=cache_dir.parent))
-    replaced = None
+    old = None  # where a stale cache waits while the new one moves in
     try:
         states.save_to_disk(str(staging))
         (staging / INFO_FILE).write_text(json.dumps(settings, indent=2))
         if cache_dir.exists():  # empty, or a stale cache of ours (checked by the caller)
-            replaced = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.replaced.", dir=cache_dir.parent))
-            os.replace(cache_dir, replaced / "cache")
-        os.replace(staging, cache_dir)
+            old = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.replaced.", dir=cache_dir.parent)) / "cache"
+            os.replace(cache_dir, old)
+        try:
+            os.replace(staging, cache_dir)
+        except OSError:
+            if old is not None:
+                os.replace(old, cache_dir)  # put the old folder back rather than lose it
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if replaced is not None:
-            shutil.rmtree(replaced, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old.parent, ignore_errors=True)
 
 
 def join_states(dataset: Dataset, cache_dir: Path) -> Dataset:
