@@ -49,6 +49,8 @@ def test_stage_config_parses(path, tmp_path):
     if "paper" in path.parts:  # the paper's code's settings (issue 17)
         assert not values.get("bf16") and values["learning_rate"] == 5e-5 and training_args.weight_decay == 0.01
         assert script_args.sequence_format == "reference" and training_args.lr_scheduler_type == "constant"
+        # torch.optim.AdamW(every parameter, fused=True) with clipping 1.0, as the released loops (test_reference_trajectory.py)
+        assert training_args.weight_decay_all_parameters and training_args.optim == "adamw_torch_fused" and training_args.max_grad_norm == 1.0
         stage = stage_of(path)
         assert training_args.disable_dropout == (stage not in ("teacher", "no_cot", "stepwise")), stage  # dropout on where it trains in train mode
         if stage in ("mind_reading", "emulator", "couple"):

@@ -104,14 +104,15 @@ def test_config_validation(tmp_path, kwargs, message):
 
 
 def reference_counter_schedule(steps: int, steps_per_removed_token: int) -> list[int]:
-    """The released code's loop (Internalize_CoT_Step_by_Step, src/train.py), restated: a
-    counter that removes one token when it reaches steps_per_removed_token, then restarts."""
+    """The released code's loop (Internalize_CoT_Step_by_Step, src/train.py), line for line: the
+    counter is checked before the step is counted, reset to 0 on a removal, and the step counted
+    either way."""
     scheduled, counter, out = 0, 0, []
     for _ in range(steps):
-        if counter == steps_per_removed_token:
-            scheduled, counter = scheduled + 1, 0
-        else:
-            counter += 1
+        if counter == steps_per_removed_token or steps_per_removed_token == 0:
+            scheduled += 1
+            counter = 0
+        counter += 1
         out.append(scheduled)
     return out
 
@@ -121,9 +122,9 @@ def test_reference_schedule_removes_one_token_at_the_reference_steps(tmp_path, i
     args = config(tmp_path, removal_schedule="reference", remove_per_stage=1, removal_interval_steps=interval)
     steps = 4 * (interval + 1) + 3
     assert [schedule_stage(step, 10, args) for step in range(steps)] == reference_counter_schedule(steps, interval)
-    if interval == 3156:  # 4x4 at batch 32: the first removal trains at step 3156 (0-based), the second at 6313
+    if interval == 3156:  # 4x4 at batch 32: the first removal trains at step 3156 (0-based), the second at 6312
         assert schedule_stage(3155, 10, args) == 0 and schedule_stage(3156, 10, args) == 1
-        assert schedule_stage(6312, 10, args) == 1 and schedule_stage(6313, 10, args) == 2
+        assert schedule_stage(6311, 10, args) == 1 and schedule_stage(6312, 10, args) == 2
 
 
 def make_trainer(tmp_path, tokenizer, data, eval_data=None, **kwargs):
@@ -152,7 +153,7 @@ def test_optimizer_resets_while_cot_remains_and_never_after(tmp_path, tokenizer)
 
     trainer.training_step = spy
     trainer.train()
-    # A stage every 2 steps; a reset at each stage change up to the one that removes the last
+    # A stage every step; a reset at each stage change up to the one that removes the last
     # CoT token (stage `cot`); the stage changes after it no longer touch the optimizer.
     assert trainer.current_stage() > cot + 1
     assert resets == list(range(1, cot + 1))

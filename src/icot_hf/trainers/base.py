@@ -134,6 +134,14 @@ class ICoTTrainer(Trainer):
         if getattr(self.args, "disable_dropout", False):
             disable_dropout(self.model)
 
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        """With `weight_decay_all_parameters`, every parameter decays (the released code's
+        `torch.optim.AdamW(all parameters)`); otherwise the Trainer's groups (no decay on biases
+        and norm weights)."""
+        if getattr(self.args, "weight_decay_all_parameters", False):
+            return [name for name, _ in model.named_parameters()]
+        return super().get_decay_parameter_names(model)
+
     def causal_lm_loss(self, model, labels: torch.Tensor, **forward_kwargs):
         """(loss, outputs) of `model(**forward_kwargs)` against `labels`, recording token accuracy.
         With `label_logits_only` (the default) the output layer runs on labelled positions only

@@ -33,6 +33,12 @@ class ICoTTrainingArguments(TrainingArguments):
                   "(batch, length, vocab) logits (icot_hf.label_loss). Falls back to the model's own loss where the "
                   "logits are not a plain linear map of the last hidden state, and under DeepSpeed ZeRO-3."},
     )
+    weight_decay_all_parameters: bool = field(
+        default=False,
+        metadata={"help": "Apply weight_decay to every parameter, biases and LayerNorm weights included, as the paper's code "
+                  "does (it builds torch.optim.AdamW(model.parameters(), lr) with torch's default decay 0.01). The "
+                  "Trainer's default (False) exempts biases and norm weights. The paper presets set it."},
+    )
     generation_batch_size: int = field(default=64, metadata={"help": "Batch size of generation-based evaluation."})
     use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters on the base causal LM(s) instead of all their weights."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})

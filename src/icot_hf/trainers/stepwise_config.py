@@ -16,12 +16,12 @@ class StepwiseInternalizationConfig(ICoTTrainingArguments):
 
     Three schedules:
     - `fixed`: stage = removal_start_stage + step // removal_interval_steps (or + epoch).
-    - `reference`: the released code's counter: one stage every removal_interval_steps + 1
-      steps (its `steps_per_removed_token`), first removal after removal_interval_steps + 1.
+    - `reference`: the released code's counter: one stage every removal_interval_steps steps
+      (its `steps_per_removed_token`), the first at step removal_interval_steps (0-based).
     - `gated`: the next stage starts when the current one passes a gate measured on
       validation data (teacher-forced, at the current removal), or after max_stage_steps.
-    In every schedule the optimizer is reset when the stage changes (reset_optimizer) while
-    chain of thought remains, never after it is fully removed, as in the released code."""
+    In every schedule the optimizer is reset when the stage changes (reset_optimizer) unless
+    the previous batch already had its whole chain of thought removed, as in the released code."""
 
     output_dir: str = field(default="outputs/stepwise", metadata={"help": "Where checkpoints and the final model go."})
     removal_schedule: str = field(default="fixed", metadata={"help": f"How stages advance: one of {SCHEDULES}."})

@@ -43,10 +43,12 @@ BEST_DIR = "best_fully_removed"
 def schedule_stage(global_step: int, steps_per_epoch: int, args: StepwiseInternalizationConfig) -> int:
     """Stage of the step-driven schedules (fixed, reference) before optimizer step `global_step`."""
     if args.removal_schedule == "reference":
-        # The released code counts steps and removes when the counter reaches
-        # steps_per_removed_token, then restarts the count: removals after steps
-        # n, 2n + 1, 3n + 2, ... (0-based), i.e. every n + 1 steps.
-        return args.removal_start_stage + (global_step + 1) // (args.removal_interval_steps + 1)
+        # The released code checks its counter before counting the step: the counter reaches
+        # steps_per_removed_token (n) at step n (0-based), is reset to 0 and counts that step,
+        # so the batches of steps n, 2n, 3n, ... are the first with one more token removed.
+        # (Read as "every n + 1 steps" this puts every removal after the first a step late per
+        # removal; the trajectory test against the released loop catches it.)
+        return args.removal_start_stage + global_step // args.removal_interval_steps
     if args.removal_unit == "steps":
         return args.removal_start_stage + global_step // args.removal_interval_steps
     return args.removal_start_stage + global_step // max(steps_per_epoch, 1)
@@ -155,6 +157,7 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
         self._stage = None  # the stage of the last training step
         self._gate_batches = None
         self._cot_lengths = None
+        self._previous_batch_cot_gone = None  # set by each training batch (compute_loss)
 
     # ------------------------------------------------------------------ the schedule
 
@@ -194,10 +197,19 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
         stage = self.current_stage()
         if stage != self._stage:
             previous = self._stage if self._stage is not None else self._resumed_stage(stage)
-            if previous != stage and self.args.reset_optimizer and self.optimizer is not None and not self.fully_removed(previous):
+            if previous != stage and self.args.reset_optimizer and self.optimizer is not None and not self._cot_was_gone(previous):
                 getattr(self.optimizer, "optimizer", self.optimizer).state.clear()
             self._stage = stage
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def _cot_was_gone(self, previous_stage: int) -> bool:
+        """Whether the chain of thought was already gone before this stage change, which ends
+        the optimizer resets. As the released code decides it: every row of the previous
+        training batch had its whole CoT removed (smoothing offsets included). After a resume
+        (no previous batch seen), whether the previous stage removes the longest CoT."""
+        if self._previous_batch_cot_gone is not None:
+            return self._previous_batch_cot_gone
+        return self.fully_removed(previous_stage)
 
     def _resumed_stage(self, stage: int) -> int:
         """After a resume, the stage of the step before: a stage that starts exactly at the
@@ -267,6 +279,8 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
             removed = self.removal_for_batch(inputs["explicit_input_ids"].shape[0])
+            separators = inputs["explicit_separators"]
+            self._previous_batch_cot_gone = bool((removed.to(separators.device) >= separators[:, 1] - separators[:, 0] - 1).all())
         else:  # evaluate at the removal the last training step used, no smoothing
             removed = torch.full((inputs["explicit_input_ids"].shape[0],), self.evaluated_stage() * self.args.remove_per_stage)
         ids, mask, labels, _ = remove_cot_tokens(inputs["explicit_input_ids"], inputs["explicit_attention_mask"], inputs["explicit_separators"], removed, self.pad_token_id)
