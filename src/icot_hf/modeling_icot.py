@@ -27,6 +27,47 @@ from .teacher import new_token_budget
 
 LORA_ADAPTER_DIR = "lora_adapter"
 NON_BASE_WEIGHTS = "icot_modules.safetensors"
+WHAT_IT_IS = {"icot": "a coupled ImplicitCoTForCausalLM (load it with ImplicitCoTForCausalLM.from_pretrained; its parts are "
+                      ".student and .emulator)",
+              "icot_student": "a mind-reading student (ImplicitCoTStudent; pass it as student_name_or_path)",
+              "icot_emulator": "a thought emulator (ImplicitCoTEmulator; pass it as emulator_name_or_path)"}
+
+
+def check_folder_model_type(cls, path: str, **kwargs) -> None:
+    """Refuse a folder (or Hub repo) that holds another kind of model than `cls`, naming what it
+    holds: without this, transformers builds a randomly initialised model and only logs a report."""
+    from transformers import PretrainedConfig
+
+    try:
+        config, _ = PretrainedConfig.get_config_dict(path, **{k: v for k, v in kwargs.items() if k in ("revision", "token", "cache_dir", "local_files_only")})
+    except OSError:
+        return  # transformers' own error follows, naming what is missing
+    found, expected = config.get("model_type"), cls.config_class.model_type
+    if found == expected:
+        return
+    what = WHAT_IT_IS.get(found) or (f"a plain causal LM ({found}): a teacher, no-CoT or stepwise model; load it with "
+                                     "AutoModelForCausalLM, or pass it as teacher_name_or_path" if found else "a config with no model_type")
+    raise ValueError(f"{path}: {cls.__name__}.from_pretrained needs a folder saved from an {cls.__name__} (model_type "
+                     f"{expected!r}); this one holds {what}")
+
+
+def load_checked(load, cls, path: str, *args, **kwargs):
+    """`load(path, ...)` (the parent from_pretrained) with missing or unexpected weights refused:
+    a folder of the right type but the wrong weights must not come back half random."""
+    wants_info = kwargs.pop("output_loading_info", False)
+    try:
+        model, info = load(path, *args, output_loading_info=True, **kwargs)
+    except RuntimeError as error:  # transformers refuses tensors of the wrong shape after logging a report
+        if "mismatched" not in str(error):
+            raise
+        raise ValueError(f"{path}: the weights do not fit {cls.__name__} (tensors of other shapes; see the report above): the "
+                         "folder holds another model's weights") from None
+    problems = {k: list(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if any(problems.values()):
+        listed = "; ".join(f"{k.replace('_', ' ')}: {v[:4]}{' ...' if len(v) > 4 else ''}" for k, v in problems.items() if v)
+        raise ValueError(f"{path}: the weights do not fit {cls.__name__} ({listed}); the folder holds another model's weights "
+                         "or an incomplete save")
+    return (model, info) if wants_info else model
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -123,9 +164,10 @@ class ImplicitCoTPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         path = str(pretrained_model_name_or_path)
+        check_folder_model_type(cls, path, **kwargs)
         if os.path.isfile(os.path.join(path, LORA_ADAPTER_DIR, "adapter_config.json")):
             return cls.from_lora_checkpoint(path)
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        return load_checked(super().from_pretrained, cls, path, *args, **kwargs)
 
     @classmethod
     def from_lora_checkpoint(cls, path: str, base_model: str | None = None):
@@ -378,11 +420,12 @@ class ImplicitCoTForCausalLM(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         path = str(pretrained_model_name_or_path)
+        check_folder_model_type(cls, path, **kwargs)
         parts = [os.path.join(path, name) for name in ("emulator", "student")]
         if all(os.path.isdir(p) for p in parts) and not os.path.isfile(os.path.join(path, "model.safetensors")):
             config = cls.config_class.from_pretrained(path)
             return cls(config, emulator=ImplicitCoTEmulator.from_pretrained(parts[0]), student=ImplicitCoTStudent.from_pretrained(parts[1]))
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        return load_checked(super().from_pretrained, cls, path, *args, **kwargs)
 
     def _states_are_mapped(self) -> bool:
         return self.config.emulator.teacher_layers == self.config.student.teacher_layers

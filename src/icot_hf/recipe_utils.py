@@ -18,12 +18,14 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, PretrainedConfig, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from .curves import write_learning_curve
 from .data import SEQUENCE_FORMATS, ICoTCollator, load_icot_dataset, model_context_length, tokenize_dataset
-from .run_record import begin_run, finish_run  # noqa: F401  (begin_run: for the recipes)
+from .run_record import CHECKPOINTS_FILE, record_checkpoint, written_by_this_run
+from .run_record import begin_run as begin_run_record
+from .run_record import finish_run  # noqa: F401
 from .tokenization import build_digit_tokenizer, separator_token_id
 
 logger = logging.getLogger(__name__)
@@ -156,9 +158,41 @@ def build_base_model(script_args: ScriptArguments, tokenizer):
     return AutoModelForCausalLM.from_config(config)
 
 
+def check_upstream_folders(script_args: ScriptArguments) -> None:
+    """Before a run starts: each upstream folder holds the stage its field names (the teacher a
+    plain causal LM, the student a student, the emulator an emulator), so a misplaced folder stops
+    here in one line instead of loading as a randomly initialised model."""
+    from .modeling_icot import WHAT_IT_IS, ImplicitCoTEmulator, ImplicitCoTStudent, check_folder_model_type
+
+    for field_name, cls in (("student_name_or_path", ImplicitCoTStudent), ("emulator_name_or_path", ImplicitCoTEmulator)):
+        path = getattr(script_args, field_name, None)
+        if path:
+            try:
+                check_folder_model_type(cls, path)
+            except ValueError as error:
+                raise ValueError(f"{field_name}: {error}") from None
+    teacher = script_args.teacher_name_or_path
+    if teacher:
+        try:
+            model_type = PretrainedConfig.get_config_dict(teacher)[0].get("model_type")
+        except OSError:
+            return
+        if model_type in WHAT_IT_IS:
+            raise ValueError(f"teacher_name_or_path: {teacher} holds {WHAT_IT_IS[model_type]}; the teacher is the explicit-CoT "
+                             "causal LM (recipes/teacher.py's output_dir)")
+
+
+def begin_run(script_args, training_args) -> bool:
+    """The recipes' first step: upstream folders checked (`check_upstream_folders`), then what the
+    launch does with its output_dir (`run_record.begin_run`: False when this run is already done)."""
+    check_upstream_folders(script_args)
+    return begin_run_record(script_args, training_args)
+
+
 def load_teacher(script_args: ScriptArguments):
     if not script_args.teacher_name_or_path:
         raise ValueError("teacher_name_or_path is required: the trained explicit-CoT teacher (local folder or Hub id)")
+    check_upstream_folders(script_args)
     return AutoModelForCausalLM.from_pretrained(script_args.teacher_name_or_path)
 
 
@@ -264,7 +298,29 @@ def last_checkpoint(output_dir: str) -> str | None:
             logger.warning("%s was cut off mid-save; moved to %s and resuming from an earlier checkpoint", path, target)
             shutil.rmtree(target, ignore_errors=True)
             os.replace(path, target)
-    return get_last_checkpoint(str(root))
+    candidate = get_last_checkpoint(str(root))
+    if candidate is not None and not written_by_this_run(Path(candidate)):
+        raise SystemExit(f"{candidate} is not a checkpoint this run wrote (it is not in {CHECKPOINTS_FILE}, or changed since): "
+                         "resuming from it would load another run's state (under DeepSpeed, an unrestricted pickle). Move it out "
+                         f"of the folder, pass --resume_from_checkpoint {candidate} if you trust it, or --overwrite_output_dir true.")
+    return candidate
+
+
+class RecordCheckpoints(TrainerCallback):
+    """Note each checkpoint in the run's CHECKPOINTS_FILE (main process): announced when the
+    Trainer decides to save, confirmed with its identity after the save."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save and state.is_world_process_zero:
+            record_checkpoint(Path(args.output_dir), Path(args.output_dir) / f"checkpoint-{state.global_step}", pending=True)
+
+    on_epoch_end = on_step_end  # epoch-end saves are decided there
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if checkpoint.is_dir():
+                record_checkpoint(Path(args.output_dir), checkpoint)
 
 
 def context_length_of(model) -> int | None:
@@ -284,6 +340,7 @@ def train_and_save(trainer, training_args) -> dict:
     """Train (from `--resume_from_checkpoint` if given, else resuming from the last checkpoint
     if an earlier run of the same settings was interrupted), save the final model and
     tokenizer, evaluate, and mark the stage complete (`begin_run` has cleared the marker)."""
+    trainer.add_callback(RecordCheckpoints())
     resume = training_args.resume_from_checkpoint or last_checkpoint(training_args.output_dir)
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)

@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "training_complete.json"
 SETTINGS_FILE = "run_settings.json"
+CHECKPOINTS_FILE = "run_checkpoints.json"  # the checkpoints this run wrote: the only ones it resumes from by itself
+LOCK_FILE = ".icot_run.lock"  # held (flock) by the run writing the folder; the kernel drops it when that process dies
+_held_locks: dict[str, object] = {}
 
 # Arguments that cannot change what is trained: where things go, how progress is shown, how
 # the run is launched, and the re-run switches themselves.
@@ -54,17 +57,26 @@ IGNORED_FIELDS = {
 UPSTREAM_FIELDS = ("dataset_name_or_path", "model_name_or_path", "tokenizer_name_or_path", "teacher_name_or_path",
                    "student_name_or_path", "emulator_name_or_path")
 # What a run writes into its output_dir (a fresh run over an earlier one removes these, and only these).
-RUN_FILES = ("checkpoint-*", "incomplete-checkpoint-*", "best_fully_removed", "runs", COMPLETE_MARKER, SETTINGS_FILE,
+RUN_FILES = ("checkpoint-*", "incomplete-checkpoint-*", "best_fully_removed", "runs", COMPLETE_MARKER, SETTINGS_FILE, CHECKPOINTS_FILE,
              "config.json", "generation_config.json", "model.safetensors", "model-*.safetensors", "model.safetensors.index.json",
              "pytorch_model*.bin", "adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
              "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "training_args.bin",
              "all_results.json", "train_results.json", "eval_results.json", "final_results.json", "learning_curve.json")
 
 
+def weight_files(folder: Path) -> list[Path]:
+    return sorted(p for pattern in ("*.safetensors", "*.bin") for p in Path(folder).glob(pattern) if p.name != "training_args.bin")
+
+
+def weight_file_stats(folder: Path) -> dict[str, list[int]]:
+    """{file name: [size, mtime_ns]} of the weight files: the cheap look before a hash."""
+    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in weight_files(folder)}
+
+
 def weights_sha256(folder: Path) -> str:
     """sha256 over a model folder's weight files (names and bytes), read in 1 MiB blocks."""
     digest = hashlib.sha256()
-    files = sorted(p for pattern in ("*.safetensors", "*.bin") for p in folder.glob(pattern) if p.name != "training_args.bin")
+    files = weight_files(folder)
     if not files:
         raise FileNotFoundError(f"{folder}: no weight files (*.safetensors, *.bin) to fingerprint")
     for path in files:
@@ -86,7 +98,7 @@ def artefact_fingerprint(name_or_path: str) -> str:
         return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
     marker = read_json(path / COMPLETE_MARKER)
     if marker and marker.get("weights_sha256"):
-        return "weights:" + marker["weights_sha256"]
+        return "weights:" + current_weights_sha256(path, marker)
     if (path / "dataset_dict.json").exists():
         splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
         fingerprints = {split: (read_json(path / split / "state.json") or {}).get("_fingerprint") for split in splits}
@@ -147,8 +159,98 @@ def remove_run_files(output_dir: Path) -> None:
                 path.unlink()
 
 
+def current_weights_sha256(folder: Path, marker: dict) -> str:
+    """The hash of the weights in `folder` now: the marker's when the weight files still have the
+    sizes and modification times it recorded (no read), else computed afresh (a file truncated,
+    replaced or corrupted after the run finished then no longer passes for the finished run)."""
+    if marker.get("weight_files") and marker.get("weights_sha256") and weight_file_stats(folder) == marker["weight_files"]:
+        return marker["weights_sha256"]
+    try:
+        return weights_sha256(folder)
+    except FileNotFoundError:
+        return "missing"
+
+
+def weights_changed(folder: Path, marker: dict) -> str | None:
+    """Why the finished run's weights are no longer what it wrote, or None."""
+    if not marker.get("weights_sha256"):
+        return None
+    now = current_weights_sha256(folder, marker)
+    if now == marker["weights_sha256"]:
+        return None
+    if now == "missing":
+        return "its weight files are gone"
+    return f"its weight files changed after it finished (sha256 {marker['weights_sha256'][:12]}... then, {now[:12]}... now)"
+
+
 def is_our_run(output_dir: Path) -> bool:
-    return any((output_dir / name).exists() for name in (COMPLETE_MARKER, SETTINGS_FILE)) or any(output_dir.glob("checkpoint-*"))
+    """Only our run record makes a folder ours: a `checkpoint-*` alone may be another tool's
+    Trainer run (whose files a fresh run would otherwise delete)."""
+    return any(isinstance(read_json(output_dir / name), dict) for name in (COMPLETE_MARKER, SETTINGS_FILE))
+
+
+def checkpoint_identity(checkpoint: Path) -> str | None:
+    """sha256 of a checkpoint's trainer_state.json (written last by the Trainer), or None."""
+    try:
+        return hashlib.sha256((checkpoint / "trainer_state.json").read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def record_checkpoint(output_dir: Path, checkpoint: Path, pending: bool = False) -> None:
+    """Note a checkpoint of this run: `pending` just before the Trainer writes it (so a run killed
+    mid-save still knows the name was its own), then its identity once it is written."""
+    path = Path(output_dir) / CHECKPOINTS_FILE
+    record = read_json(path) or {}
+    record[Path(checkpoint).name] = "pending" if pending else checkpoint_identity(Path(checkpoint))
+    write_json_atomically(path, record)
+
+
+def written_by_this_run(checkpoint: Path) -> bool:
+    """Whether this run's record names `checkpoint`: written and unchanged since, or announced
+    just before a save that the process did not live to confirm (the caller checks it is complete)."""
+    checkpoint = Path(checkpoint)
+    identity = (read_json(checkpoint.parent / CHECKPOINTS_FILE) or {}).get(checkpoint.name)
+    return identity == "pending" or (identity is not None and identity == checkpoint_identity(checkpoint))
+
+
+def lock_output_dir(output_dir: Path) -> None:
+    """Own `output_dir` for the rest of this process: an exclusive, non-blocking flock on its
+    lock file, which records who holds it. A second launch into the folder stops here, naming
+    the holder; a lock whose process died (killed, crashed) is released by the kernel, so a
+    re-run after a crash is never blocked by a stale lock."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): no locking
+        return
+    path = output_dir / LOCK_FILE
+    if str(path) in _held_locks:
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = read_json(path) or {}
+        handle.close()
+        raise SystemExit(f"{output_dir} is in use by another run (PID {holder.get('pid', '?')} on {holder.get('host', '?')}, started "
+                         f"{holder.get('started', '?')}): two runs in one output_dir would mix their checkpoints and weights. Wait "
+                         "for it to end, stop it, or choose another output_dir.") from None
+    import socket
+    import time
+
+    handle.seek(0)
+    handle.truncate()
+    handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}))
+    handle.flush()
+    _held_locks[str(path)] = handle
+
+
+def release_output_dir(output_dir: Path) -> None:
+    handle = _held_locks.pop(str(Path(output_dir) / LOCK_FILE), None)
+    if handle is not None:
+        handle.close()  # closing the file releases the flock
 
 
 def write_json_atomically(path: Path, value: dict) -> None:
@@ -175,9 +277,21 @@ def _begin_run(script_args, training_args, is_main_process: bool) -> bool:
     fresh = bool(getattr(script_args, "overwrite_output_dir", False))
     explicit_resume = training_args.resume_from_checkpoint
 
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not is_our_run(output_dir):
-        raise FileExistsError(f"{output_dir} is not empty and holds no icot_hf run (no {SETTINGS_FILE}, {COMPLETE_MARKER} or "
-                              f"checkpoint-*): choose another output_dir; nothing was written")
+    if output_dir.is_dir() and any(p.name != LOCK_FILE for p in output_dir.iterdir()) and not is_our_run(output_dir):
+        raise FileExistsError(f"{output_dir} is not empty and holds no icot_hf run (no {SETTINGS_FILE} or {COMPLETE_MARKER}): "
+                              "choose another output_dir; nothing was written or removed (--overwrite_output_dir and "
+                              "--rerun_if_changed only ever replace a run of ours)")
+    if is_main_process:  # after the check above, so a folder that is not ours never gets a lock file
+        lock_output_dir(output_dir)
+        finished = read_json(output_dir / COMPLETE_MARKER)  # as the holder of the lock sees them
+        started = read_json(output_dir / SETTINGS_FILE)
+    damaged = weights_changed(output_dir, finished) if finished is not None else None
+    if damaged and not fresh:
+        if not rerun:
+            raise SystemExit(f"{output_dir} holds a finished run, but {damaged}: it cannot be reused. Pass --overwrite_output_dir "
+                             "true to train it again, or choose another output_dir.")
+        logger.warning("%s: the finished run is stale: %s; starting a fresh run", output_dir, damaged)
+        fresh = True
     if not fresh and finished is not None and finished.get("run") == record:
         logger.warning("%s already holds this run, finished with the same settings and upstream models: nothing to do "
                        "(--overwrite_output_dir trains it again)", output_dir)
@@ -209,6 +323,8 @@ def finish_run(output_dir: str | os.PathLike, metrics: dict) -> None:
     marker["run"] = read_json(output_dir / SETTINGS_FILE)
     try:
         marker["weights_sha256"] = weights_sha256(output_dir)
+        marker["weight_files"] = weight_file_stats(output_dir)
     except FileNotFoundError:
         marker["weights_sha256"] = None
     write_json_atomically(output_dir / COMPLETE_MARKER, marker)
+    release_output_dir(output_dir)
