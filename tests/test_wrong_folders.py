@@ -183,3 +183,28 @@ def test_resume_only_from_checkpoints_this_run_wrote(tmp_path):
     (run / "checkpoint-30").mkdir()
     (run / "checkpoint-30" / "trainer_state.json").write_text('{"global_step": 30}')
     assert last_checkpoint(str(run)).endswith("checkpoint-30")
+
+
+def test_answer_refuses_what_is_not_a_list_of_questions(folders):
+    from icot_hf import build_digit_tokenizer
+
+    tokenizer = build_digit_tokenizer()
+    model = ImplicitCoTForCausalLM.from_pretrained(folders / "coupled")
+    for questions, error in (([1234], TypeError), ([None], TypeError), (None, TypeError), (["1 2 * 3 4"] * 2, None)):
+        if error is None:
+            assert len(model.answer(questions, tokenizer)) == 2
+        else:
+            with pytest.raises(error, match="answer\\(\\)"):
+                model.answer(questions, tokenizer)
+    for kwargs in ({"batch_size": 0}, {"num_beams": 0}):
+        with pytest.raises(ValueError, match="must be integers >= 1"):
+            model.answer(["1 2 * 3 4"], tokenizer, **kwargs)
+    with pytest.raises(ValueError, match="question 1 is .* tokens with its separator; the model's context is 64"):
+        model.answer(["1 2 * 3 4", " ".join(["7"] * 80)], tokenizer)
+
+
+def test_max_train_samples_zero_is_refused():
+    from icot_hf.recipe_utils import ScriptArguments
+
+    with pytest.raises(ValueError, match="max_train_samples must be >= 1"):
+        ScriptArguments(max_train_samples=0)

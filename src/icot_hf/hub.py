@@ -27,8 +27,16 @@ STAGES = {
 }
 
 
-class HubUnavailableError(RuntimeError):
-    """The Hub could not be reached; local artefacts are untouched."""
+class HubUnavailableError(OSError):
+    """The Hub could not be reached; local artefacts are untouched. An OSError, so the command
+    lines (icot_hf.cli.run) print it as one line."""
+
+
+# Never uploaded: the Trainer's pickled arguments (they hold --hub_token when one was passed),
+# run bookkeeping, checkpoints, staging files, and the folder's own README (the card replaces it
+# on the Hub, uploaded from memory; the local file is left as it is).
+NOT_UPLOADED = ["training_args.bin", "checkpoint-*", "incomplete-checkpoint-*", "*.tmp", "run_settings.json", "run_checkpoints.json",
+                ".icot_run.lock", "README.md", "runs/*"]
 
 
 def _template(name: str) -> str:
@@ -74,28 +82,44 @@ def render_dataset_card(repo_id: str, task: str, splits: dict[str, int], descrip
     )
 
 
-def _push(action, repo_id: str, local: str | None = None):
+def _network_errors() -> tuple[type[BaseException], ...]:
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
+    errors: list[type[BaseException]] = [OfflineModeIsEnabled, ConnectionError, OSError, HfHubHTTPError]
+    # huggingface_hub talks through httpx (1.x) or httpx2 (2.x): a refused connection is their
+    # ConnectError, which is no OSError; older versions used requests.
+    import importlib
+
+    for module, name in (("httpx", "HTTPError"), ("httpx2", "HTTPError"), ("requests", "RequestException")):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def _push(action, repo_id: str, local: str | None = None):
     try:
         return action()
-    except (OfflineModeIsEnabled, ConnectionError, OSError, HfHubHTTPError) as error:
-        kept = f"; the local copy at {local} is intact" if local else ""
+    except _network_errors() as error:
+        kept = f"; nothing local was changed ({local} is as it was)" if local else "; nothing local was changed"
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise HubUnavailableError(f"could not push to the Hub repo {repo_id}: {reason}{kept}") from None
 
 
 def push_folder(folder: str, repo_id: str, stage: str, task: str, **card_kwargs) -> str:
-    """Write the model card into `folder` (README.md) and upload the folder."""
+    """Upload `folder` (less NOT_UPLOADED) with the model card as its README.md. The folder is
+    only read: the card goes up from memory."""
     from huggingface_hub import HfApi
 
     card = render_model_card(stage, repo_id, task, **card_kwargs)
-    Path(folder, "README.md").write_text(card, encoding="utf-8")
     api = HfApi()
 
     def upload():
         api.create_repo(repo_id, exist_ok=True)
-        return api.upload_folder(repo_id=repo_id, folder_path=folder, ignore_patterns=["checkpoint-*", "*.tmp"])
+        result = api.upload_folder(repo_id=repo_id, folder_path=folder, ignore_patterns=NOT_UPLOADED)
+        api.upload_file(path_or_fileobj=card.encode("utf-8"), path_in_repo="README.md", repo_id=repo_id)
+        return result
 
     return _push(upload, repo_id, folder)
 
@@ -104,5 +128,5 @@ def push_dataset(dataset, repo_id: str, task: str, description: str = "") -> Non
     from huggingface_hub import DatasetCard
 
     card = DatasetCard(render_dataset_card(repo_id, task, {k: len(v) for k, v in dataset.items()}, description))
-    _push(lambda: dataset.push_to_hub(repo_id), repo_id)
+    _push(lambda: dataset.push_to_hub(repo_id), repo_id, "the dataset saved on disk")
     _push(lambda: card.push_to_hub(repo_id, repo_type="dataset"), repo_id)

@@ -468,11 +468,18 @@ class ImplicitCoTForCausalLM(PreTrainedModel):
     @torch.no_grad()
     def answer(self, questions: list[str], tokenizer, batch_size: int = 64, num_beams: int = 1) -> list[str]:
         """Raw question strings in (e.g. "1 2 3 4 * 5 6 7 8"), answer strings out."""
-        from .data import answer_from_generation, prompt_batch, sequence_format_of
+        from .data import answer_from_generation, model_context_length, prompt_batch, sequence_format_of
 
         if isinstance(questions, str):  # one question: a string would be iterated as characters
             raise TypeError(f"answer() takes a list of questions; got one string {questions[:40]!r}: pass [question]")
+        if questions is None or not hasattr(questions, "__iter__"):
+            raise TypeError(f"answer() takes a list of question strings, got {type(questions).__name__}")
         questions = list(questions)
+        wrong = [(i, type(q).__name__) for i, q in enumerate(questions) if not isinstance(q, str)]
+        if wrong:
+            raise TypeError(f"answer(): every question must be a string such as '1 2 3 4 * 5 6 7 8'; question(s) {wrong[:5]} (index, type) are not")
+        if not isinstance(batch_size, int) or batch_size < 1 or not isinstance(num_beams, int) or num_beams < 1:
+            raise ValueError(f"answer(): batch_size and num_beams must be integers >= 1, got {batch_size!r} and {num_beams!r}")
         empty = [i for i, q in enumerate(questions) if not str(q).strip()]
         if empty:
             raise ValueError(f"answer(): question(s) {empty[:10]} are empty; every question needs at least one token")
@@ -480,6 +487,12 @@ class ImplicitCoTForCausalLM(PreTrainedModel):
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else self.config.separator_token_id
         for start in range(0, len(questions), batch_size):
             batch = prompt_batch(tokenizer, questions[start : start + batch_size], self.config.separator_token_id, pad, sequence_format_of(self))
+            lengths = batch["attention_mask"].sum(1)
+            context = model_context_length(self.student.lm.config)
+            if context is not None and int(lengths.max()) >= context:  # before the emulator runs past its position table
+                row = int(lengths.argmax())
+                raise ValueError(f"answer(): question {start + row} is {int(lengths[row])} tokens with its separator; the model's "
+                                 f"context is {context}, which leaves no room for an answer: shorten it")
             batch = {k: v.to(self.device) for k, v in batch.items()}
             output = self.generate(**batch, num_beams=num_beams)
             for row in output[:, batch["input_ids"].shape[1] :].tolist():

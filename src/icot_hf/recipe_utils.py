@@ -73,6 +73,10 @@ class ScriptArguments:
     )
 
     def __post_init__(self):
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 (or unset for the whole split), got {value}")
         if self.on_overflow not in ("error", "drop"):
             raise ValueError(f"on_overflow must be 'error' or 'drop', got {self.on_overflow!r}")
         if self.sequence_format not in SEQUENCE_FORMATS:
@@ -239,7 +243,10 @@ def load_splits(script_args: ScriptArguments, tokenizer, views, context_length: 
     if script_args.train_split not in dataset:
         raise ValueError(f"{script_args.dataset_name_or_path}: no split {script_args.train_split!r}; it has {list(dataset)}")
     train = dataset[script_args.train_split]
-    if script_args.max_train_samples:
+    if script_args.max_train_samples is not None:
+        if script_args.max_train_samples > len(train):  # said once: the run trains on less than asked
+            logger.warning("max_train_samples %d > the %d examples of %s[%s]: training on all %d", script_args.max_train_samples, len(train),
+                           script_args.dataset_name_or_path, script_args.train_split, len(train))
         train = train.select(range(min(script_args.max_train_samples, len(train))))
     common = dict(views=views, separator_token=script_args.separator_token, max_length=context_length, on_overflow=script_args.on_overflow,
                   sequence_format=script_args.sequence_format)
@@ -247,7 +254,7 @@ def load_splits(script_args: ScriptArguments, tokenizer, views, context_length: 
     evaluation = None
     if script_args.eval_split and script_args.eval_split in dataset:
         evaluation = dataset[script_args.eval_split]
-        if script_args.max_eval_samples:
+        if script_args.max_eval_samples is not None:
             evaluation = evaluation.select(range(min(script_args.max_eval_samples, len(evaluation))))
         evaluation = tokenize_dataset(evaluation, tokenizer, split_name=f"{script_args.dataset_name_or_path}[{script_args.eval_split}]", **common)
     elif script_args.eval_split:
