@@ -5,6 +5,7 @@ own save_pretrained at the end of its training runs (make_fixture.py); `expected
 trajectory.safetensors are those models' logits and greedy generations on valid.txt, computed by
 the reference code. The imported models must give the same, and survive save_pretrained."""
 
+import json
 import os
 import subprocess
 import sys
@@ -166,3 +167,11 @@ def test_import_command_writes_folders_that_load_and_answer(tmp_path):
     assert len(coupled.answer(["5 6 3 2 * 7 4 3 4"], tokenizer)) == 1
     again = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert again.returncode == 2 and "already there" in again.stderr  # never overwritten
+    # the README's evaluation command on the imported folders, with the paper's file format
+    evaluation = subprocess.run([sys.executable, str(REPO / "recipes" / "evaluate_models.py"), "--task", "released", "--teacher_model",
+                                 str(out / "teacher"), "--implicit_model", str(out / "coupled"), "--stepwise_model", str(out / "stepwise"),
+                                 "--test_files", str(FIXTURE / "valid.txt"), "--batch_sizes", "1", "8", "--max_examples_batch1", "2",
+                                 "--output_dir", str(tmp_path / "results")], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert len(json.dumps(results)) > 100 and (tmp_path / "results" / "results.md").is_file()
