@@ -1,5 +1,8 @@
 """LoRA via peft on the base LM inside the student, emulator and composite."""
 
+import json
+import os
+
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -9,15 +12,16 @@ from icot_hf.data import ICoTCollator, tokenize_dataset
 from icot_hf.trainers import CoupledConfig, CoupledTrainer
 
 
-def pretrained_base(tmp_path, tokenizer, name):
+def pretrained_base(tmp_path, tokenizer, name, seed=0):
     """A 'pretrained' Llama-family base saved locally, as a Hub model would be."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     path = tmp_path / name
     AutoModelForCausalLM.from_config(tiny_config("llama", tokenizer)).save_pretrained(path)
     return AutoModelForCausalLM.from_pretrained(path)
 
 
-def test_lora_training_saves_adapter_and_reloads_same_answers(tmp_path, tokenizer):
+def test_lora_training_saves_adapter_and_reloads_same_answers(tmp_path, tokenizer, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     model = ImplicitCoTForCausalLM.from_emulator_and_student(
         ImplicitCoTEmulator.from_base_model(pretrained_base(tmp_path, tokenizer, "base_e")),
         ImplicitCoTStudent.from_base_model(pretrained_base(tmp_path, tokenizer, "base_s")),
@@ -42,6 +46,12 @@ def test_lora_training_saves_adapter_and_reloads_same_answers(tmp_path, tokenize
     saved = tmp_path / "saved"
     assert (saved / "student" / "lora_adapter" / "adapter_model.safetensors").exists()
     assert (saved / "student" / "icot_modules.safetensors").exists() and not (saved / "student" / "model.safetensors").exists()
+    assert (saved / "student" / "lora_base" / "model.safetensors").exists()  # the base travels with the folder
+    assert json.loads((saved / "student" / "lora_adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] is None
+    # the folders the bases came from change (an upstream stage retrained) and the load runs elsewhere: same model
+    for name in ("base_e", "base_s"):
+        pretrained_base(tmp_path, tokenizer, name, seed=7)
+    os.chdir(tmp_path.parent)
     reloaded = ImplicitCoTForCausalLM.from_pretrained(saved).eval()
     assert reloaded.answer(questions, tokenizer) == answers
 

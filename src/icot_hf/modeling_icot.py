@@ -26,6 +26,7 @@ from .teacher import new_token_budget
 
 
 LORA_ADAPTER_DIR = "lora_adapter"
+LORA_BASE_DIR = "lora_base"
 NON_BASE_WEIGHTS = "icot_modules.safetensors"
 WHAT_IT_IS = {"icot": "a coupled ImplicitCoTForCausalLM (load it with ImplicitCoTForCausalLM.from_pretrained; its parts are "
                       ".student and .emulator)",
@@ -149,17 +150,38 @@ class ImplicitCoTPreTrainedModel(PreTrainedModel):
         return self
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """With LoRA: the adapter (`lora_adapter/`), the non-base weights and the config; the
-        base weights are not copied (they are the adapter's `base_model_name_or_path`)."""
+        """With LoRA: the adapter (`lora_adapter/`), the frozen base LM it was trained on
+        (`lora_base/`), the non-base weights and the config. The base travels with the folder:
+        the LM a student or emulator adapts is often not a Hub model but an earlier stage's
+        weights (or, read from its config, the teacher's path), so the adapter records no base
+        path of its own (`base_model_name_or_path: null`) and the folder loads from anywhere."""
         if not self.has_lora:
             return super().save_pretrained(save_directory, *args, **kwargs)
+        import json
+
         from safetensors.torch import save_file
 
         os.makedirs(save_directory, exist_ok=True)
-        self.lm.save_pretrained(os.path.join(save_directory, LORA_ADAPTER_DIR))
+        adapter_dir = os.path.join(save_directory, LORA_ADAPTER_DIR)
+        self.lm.save_pretrained(adapter_dir)
+        adapter_config = os.path.join(adapter_dir, "adapter_config.json")
+        with open(adapter_config, encoding="utf-8") as handle:
+            settings = json.load(handle)
+        settings["base_model_name_or_path"] = None
+        with open(adapter_config, "w", encoding="utf-8") as handle:
+            json.dump(settings, handle, indent=2)
+        self._frozen_base().save_pretrained(os.path.join(save_directory, LORA_BASE_DIR))
         rest = {k: v.detach().contiguous() for k, v in self.state_dict().items() if not k.startswith("lm.")}
         save_file(rest, os.path.join(save_directory, NON_BASE_WEIGHTS), metadata={"format": "pt"})
         self.config.save_pretrained(save_directory)
+
+    def _frozen_base(self) -> PreTrainedModel:
+        """A copy of the base LM without its LoRA layers (the weights the adapters sit on)."""
+        wrapped = self.lm.get_base_model()
+        weights = {k.replace(".base_layer.", "."): v for k, v in wrapped.state_dict().items() if "lora_" not in k}
+        base = AutoModelForCausalLM.from_config(copy.deepcopy(wrapped.config))
+        base.load_state_dict(weights, strict=True)
+        return base
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -181,7 +203,9 @@ class ImplicitCoTPreTrainedModel(PreTrainedModel):
         config = cls.config_class.from_pretrained(path)
         adapter_dir = os.path.join(path, LORA_ADAPTER_DIR)
         with open(os.path.join(adapter_dir, "adapter_config.json"), encoding="utf-8") as handle:
-            base = base_model or json.load(handle).get("base_model_name_or_path")
+            recorded = json.load(handle).get("base_model_name_or_path")
+        saved_base = os.path.join(path, LORA_BASE_DIR)  # the base saved with the folder (always, since it travels)
+        base = base_model or (saved_base if os.path.isfile(os.path.join(saved_base, "config.json")) else recorded)
         if not base:
             raise ValueError(f"{adapter_dir}: the adapter records no base model; pass base_model= (the LM it was trained on)")
         model = cls(config)
