@@ -44,22 +44,29 @@ def close(ours, theirs):
     assert difference <= LOGITS_TOL, f"max |icot_hf - reference| = {difference:.2e}"
 
 
-def test_teacher_logits_and_greedy_cot_equal_the_reference(expected):
+def imported_lm_against_the_reference(kind, expected, max_new_tokens):
+    """Import `kind` (a plain causal LM), check its logits on the fixture batch, and return its
+    greedy continuations of the `input S` prompts (new tokens only) for the caller to compare."""
     from icot_hf.reference_checkpoints import import_causal_lm
 
-    teacher = import_causal_lm(CHECKPOINTS / "teacher", "teacher", base_model=BASE)
+    model = import_causal_lm(CHECKPOINTS / kind, kind, base_model=BASE)
     ids = expected["batch/input_ids_all"]
     with torch.no_grad():
-        close(teacher(ids).logits, expected["teacher_logits"])
+        close(model(ids).logits, expected[f"{kind}_logits"])
     separator = compact_tokenizer().eos_token_id
     s1 = int((ids[0] == separator).nonzero()[0])
     prompts = ids[:, : s1 + 1]
-    generated = teacher.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=48, do_sample=False, eos_token_id=None,
-                                 pad_token_id=separator)
+    generated = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=max_new_tokens, do_sample=False,
+                               eos_token_id=None, pad_token_id=separator)
+    return generated[:, s1 + 1 :], s1, separator
+
+
+def test_teacher_logits_and_greedy_cot_equal_the_reference(expected):
+    generated, s1, separator = imported_lm_against_the_reference("teacher", expected, 48)
     for ours, theirs in zip(generated.tolist(), expected["teacher_greedy"].tolist()):
         # the reference stops after the second separator (CoT S answer S); compare up to there
         theirs = until_separators(theirs[s1 + 1 :], separator, 2)
-        assert ours[s1 + 1 : s1 + 1 + len(theirs)] == theirs
+        assert ours[: len(theirs)] == theirs
 
 
 def test_coupled_model_logits_greedy_answers_and_round_trip(expected, tmp_path):
@@ -89,17 +96,7 @@ def test_coupled_model_logits_greedy_answers_and_round_trip(expected, tmp_path):
 
 
 def test_stepwise_model_logits_and_greedy_answers(expected):
-    from icot_hf.reference_checkpoints import import_causal_lm
-
-    model = import_causal_lm(CHECKPOINTS / "stepwise", "stepwise", base_model=BASE)
-    ids = expected["batch/input_ids_all"]
-    with torch.no_grad():
-        close(model(ids).logits, expected["stepwise_logits"])
-    separator = compact_tokenizer().eos_token_id
-    s1 = int((ids[0] == separator).nonzero()[0])
-    prompts = ids[:, : s1 + 1]
-    generated = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=16, do_sample=False, eos_token_id=None,
-                               pad_token_id=separator)[:, s1 + 1 :]
+    generated, _, _ = imported_lm_against_the_reference("stepwise", expected, 16)
     assert torch.equal(generated, expected["stepwise_greedy"])
 
 
