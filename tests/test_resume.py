@@ -74,11 +74,15 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
 
 
 def test_checkpoint_cut_off_mid_save_is_set_aside(tmp_path):
+    from icot_hf.run_record import record_checkpoint
+
     for step, state in ((10, {"global_step": 10}), (20, None)):
         folder = tmp_path / f"checkpoint-{step}"
+        record_checkpoint(tmp_path, folder, pending=True)  # as the run announces each save
         folder.mkdir()
         if state:
             (folder / "trainer_state.json").write_text(json.dumps(state))
+            record_checkpoint(tmp_path, folder)
     (tmp_path / "checkpoint-20" / "model.safetensors").write_bytes(b"partial")
     assert last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-10")
     assert (tmp_path / "incomplete-checkpoint-20" / "model.safetensors").exists()
