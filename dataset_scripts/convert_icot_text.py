@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from icot_hf.data import ICoTFormatError, dataset_from_text_files, save_dataset_dict  # noqa: E402
+from icot_hf.data import ICoTFormatError, data_settings_status, dataset_from_text_files, dataset_warnings, file_sha256, save_dataset_dict  # noqa: E402
 
 
 def main(argv=None):
@@ -26,6 +26,9 @@ def main(argv=None):
     parser.add_argument("--test", help="test split text file")
     parser.add_argument("--split", action="append", default=[], metavar="NAME=PATH", help="any other split, repeatable")
     parser.add_argument("--overwrite", action="store_true", help="replace a dataset already saved in --output_dir (never other files)")
+    parser.add_argument("--rerun_if_changed", action="store_true",
+                        help="keep a dataset this script made from the same files, remake one it made from others; "
+                             "stop at any other dataset in --output_dir (what `make reproduce` passes)")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--push_to_hub", default=None, metavar="REPO")
     parser.add_argument("--task", default="custom", help="task name for the dataset card")
@@ -38,12 +41,30 @@ def main(argv=None):
         files[name] = path
     if not files:
         parser.error("give at least one of --train, --valid, --test or --split NAME=PATH")
+    for name, path in files.items():
+        if not Path(path).is_file():
+            sys.exit(f"convert_icot_text: --{name if name in ('train', 'valid', 'test') else 'split ' + name} {path}: no such file")
+    settings = {"script": "convert_icot_text", "files_sha256": {name: file_sha256(path) for name, path in files.items()}}
+    overwrite = args.overwrite
+    if args.rerun_if_changed:
+        state, why = data_settings_status(args.output_dir, settings)
+        if state == "same":
+            print(f"{why}: nothing to do")
+            return
+        if state == "unrecorded":
+            sys.exit(f"convert_icot_text: {why}; it is neither reused nor replaced. Move it away, or point the configs' "
+                     "dataset_name_or_path at it to train on it as it is.")
+        if state == "changed":
+            print(f"{why}: converting again")
+            overwrite = True
     try:
         dataset = dataset_from_text_files(files)
     except ICoTFormatError as error:
         sys.exit(f"convert_icot_text: {error}")
+    for warning in dataset_warnings(dataset):
+        print(f"warning: {warning}", file=sys.stderr)
     try:
-        save_dataset_dict(dataset, args.output_dir, overwrite=args.overwrite)
+        save_dataset_dict(dataset, args.output_dir, overwrite=overwrite, settings=settings)
     except FileExistsError as error:
         sys.exit(f"{Path(__file__).stem}: {error}")
     print(f"saved {', '.join(f'{k}: {len(v)}' for k, v in dataset.items())} to {args.output_dir}")

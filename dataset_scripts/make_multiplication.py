@@ -16,7 +16,7 @@ from datasets import Dataset, DatasetDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from icot_hf.data import read_icot_text, save_dataset_dict, write_icot_text  # noqa: E402
+from icot_hf.data import data_settings_status, file_sha256, read_icot_text, save_dataset_dict, write_icot_text  # noqa: E402
 from icot_hf.multiplication import format_problem, parse_operands, sample_problems  # noqa: E402
 
 
@@ -44,6 +44,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--exclude_files", nargs="*", default=[], help="ICoT text files whose problems must not appear")
     parser.add_argument("--overwrite", action="store_true", help="replace a dataset already saved in --output_dir (never other files)")
+    parser.add_argument("--rerun_if_changed", action="store_true",
+                        help="keep a dataset this script made with the same settings, remake one it made with others; "
+                             "stop at any other dataset in --output_dir (what `make reproduce` passes)")
     parser.add_argument("--output_dir", required=True, help="where the DatasetDict is saved")
     parser.add_argument("--text_dir", default=None, help="also write train.txt/valid.txt/test.txt here")
     parser.add_argument("--push_to_hub", default=None, metavar="REPO", help="push the DatasetDict to this Hub dataset repo")
@@ -53,9 +56,24 @@ def main(argv=None):
     sizes = {"train": args.train_size, "valid": args.valid_size, "test": args.test_size}
     if any(v < 0 for v in sizes.values()) or sum(sizes.values()) == 0:
         parser.error("split sizes must be >= 0 and not all zero")
-    dataset = build(args.digits, {k: v for k, v in sizes.items() if v > 0}, args.seed, args.exclude_files)
+    sizes = {k: v for k, v in sizes.items() if v > 0}
+    settings = {"script": "make_multiplication", "digits": args.digits, "sizes": sizes, "seed": args.seed,
+                "exclude_files_sha256": sorted(file_sha256(path) for path in args.exclude_files)}
+    overwrite = args.overwrite
+    if args.rerun_if_changed:
+        state, why = data_settings_status(args.output_dir, settings)
+        if state == "same":
+            print(f"{why}: nothing to do")
+            return
+        if state == "unrecorded":
+            sys.exit(f"{Path(__file__).stem}: {why}; it is neither reused nor replaced. Move it away, or point the configs' "
+                     "dataset_name_or_path at it to train on it as it is.")
+        if state == "changed":
+            print(f"{why}: making it again")
+            overwrite = True
+    dataset = build(args.digits, sizes, args.seed, args.exclude_files)
     try:
-        save_dataset_dict(dataset, args.output_dir, overwrite=args.overwrite)
+        save_dataset_dict(dataset, args.output_dir, overwrite=overwrite, settings=settings)
     except FileExistsError as error:
         sys.exit(f"{Path(__file__).stem}: {error}")
     if args.text_dir:

@@ -11,6 +11,7 @@ batch size (batch 1 on the first --max_examples_batch1 examples, to bound the ti
 Writes results.json, results.md and accuracy_vs_throughput.png to --output_dir.
 """
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,14 +101,26 @@ def load_answerers(args: EvalArguments) -> dict:
 
 
 def read_stage_seconds(path: Path) -> dict[str, int]:
-    """`make reproduce`'s wall time per stage (`name seconds` lines; the latest run of a stage wins)."""
+    """`make reproduce`'s wall time per stage: lines `name seconds marker sha256`, kept only while
+    that stage's marker (its completion marker, or its data's settings) is still the one the timed
+    run wrote, so a table never shows an earlier run's time beside models trained since. The
+    latest line of a stage wins; lines without a marker (an older format) are not shown."""
     if not path.is_file():
         return {}
     times = {}
     for line in path.read_text().splitlines():
-        name, _, seconds = line.strip().rpartition(" ")
-        if name and seconds.isdigit():
+        fields = line.split()
+        if len(fields) != 4 or not fields[1].isdigit():
+            continue
+        name, seconds, marker, digest = fields
+        try:
+            current = hashlib.sha256(Path(marker).read_bytes()).hexdigest()
+        except OSError:
+            current = None
+        if current == digest:
             times[name] = int(seconds)
+        else:
+            times.pop(name, None)
     return times
 
 

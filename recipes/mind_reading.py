@@ -34,7 +34,7 @@ def main():
     )
     record_sequence_format(student, script_args)
     views = ("explicit", "implicit")
-    train, evaluation = load_splits(script_args, tokenizer, views, context_length_of(teacher))
+    train, evaluation = load_splits(script_args, tokenizer, views, context_length_of(teacher), reads_teacher_states=True)
     train = attach_state_cache(train, teacher, tokenizer, views, training_args, script_args)  # teacher_state_cache: extract once
     trainer = MindReadingTrainer(
         model=student,

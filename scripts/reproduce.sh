@@ -55,7 +55,7 @@ mkdir -p "$OUT" "$RESULTS" logs
 export HF_HUB_DISABLE_TELEMETRY=1
 STARTED=$(date +%s)
 
-timed() {  # timed NAME COMMAND...: run, log to logs/, and record the wall time of stages that trained
+timed() {  # timed NAME COMMAND...: run, log to logs/, and record the wall time of stages that trained (MARKER=their output's marker)
   local name=$1; shift
   local t0; t0=$(date +%s)
   local marker=${MARKER:-}
@@ -70,7 +70,9 @@ timed() {  # timed NAME COMMAND...: run, log to logs/, and record the wall time 
     echo "==> [$TASK] $name: already done with these settings and upstream models ($(dirname "$marker"))"
     return
   fi
-  echo "$name $(( $(date +%s) - t0 ))" >> "$RESULTS/stage_seconds.txt"
+  # with the marker's path and hash, so results count this time only while that marker is the one this run wrote
+  [ -n "$marker" ] && [ -f "$marker" ] && \
+    echo "$name $(( $(date +%s) - t0 )) $marker $(sha256sum "$marker" | cut -d' ' -f1)" >> "$RESULTS/stage_seconds.txt"
   [ -z "${QUIET:-}" ] || echo "==> [$TASK] $name finished in $(( $(date +%s) - t0 )) s"
 }
 
@@ -83,14 +85,14 @@ stage() {  # stage NAME RECIPE CONFIG OUTPUT_DIR [extra args]
 
 # 1. data
 DATA=$(awk '/^dataset_name_or_path:/{print $2}' "$CONFIGS/teacher.yaml")
-if [ -f "$CONFIGS/data.yaml" ] && [ ! -f "$DATA/dataset_dict.json" ]; then
+if [ -f "$CONFIGS/data.yaml" ]; then  # the data script keeps data it made with these settings, remakes changed data, refuses foreign data
   echo "==> [$TASK] data -> $DATA"
   args=$($PY -c "import sys,yaml; d=yaml.safe_load(open(sys.argv[1])); print(' '.join(f'--{k} {v}' for k,v in d.items() if k!='script'))" "$CONFIGS/data.yaml")
   script=$($PY -c "import sys,yaml; print(yaml.safe_load(open(sys.argv[1])).get('script','make_multiplication'))" "$CONFIGS/data.yaml")
   excludes=()
   [ -n "$TEST_FILE" ] && [ "$script" = make_multiplication ] && excludes=(--exclude_files "$TEST_FILE")
   # shellcheck disable=SC2086
-  timed data "$PY" "$REPO/dataset_scripts/$script.py" $args "${excludes[@]}" --output_dir "$DATA"
+  MARKER="$DATA/icot_data_settings.json" timed data "$PY" "$REPO/dataset_scripts/$script.py" $args "${excludes[@]}" --output_dir "$DATA" --rerun_if_changed
 fi
 
 # 1b. tokenizer, for tasks that train one (tokenizer.yaml)

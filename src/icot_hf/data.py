@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import codecs
 import difflib
+import hashlib
+import json
 import logging
 import os
 import re
@@ -76,6 +78,10 @@ def read_icot_text(path: str | os.PathLike) -> list[dict[str, str]]:
     data = path.read_bytes()
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8) :]
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in data[:4096]:
+        raise ICoTFormatError(f"{path}: the file looks UTF-16 encoded (zero bytes between characters"
+                              f"{', a UTF-16 byte-order mark' if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else ''}); "
+                              "re-encode it as UTF-8, e.g. iconv -f UTF-16 -t UTF-8")
     for number, raw in enumerate(re.split(rb"\r\n|\r|\n", data), start=1):
         try:
             line = raw.decode("utf-8")
@@ -95,11 +101,15 @@ def write_icot_text(examples: Iterable[dict[str, str]], path: str | os.PathLike)
     """Write examples as text through a temporary file, so a crash leaves no half file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as handle:
-        for example in examples:
-            handle.write(format_icot_line(example) + "\n")
-        temporary = handle.name
-    os.replace(temporary, path)
+    handle = tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8")
+    try:
+        with handle:
+            for example in examples:
+                handle.write(format_icot_line(example) + "\n")
+        os.replace(handle.name, path)
+    except BaseException:  # a full disk or a Ctrl-C: no temporary file left behind
+        Path(handle.name).unlink(missing_ok=True)
+        raise
 
 
 def dataset_from_text_files(files: dict[str, str | os.PathLike]) -> DatasetDict:
@@ -111,8 +121,54 @@ def dataset_from_text_files(files: dict[str, str | os.PathLike]) -> DatasetDict:
     return DatasetDict(splits)
 
 
-def save_dataset_dict(dataset: DatasetDict, output_dir: str | os.PathLike, overwrite: bool = False) -> None:
+DATA_SETTINGS_FILE = "icot_data_settings.json"
+
+
+def remove_dead_staging(output_dir: Path) -> None:
+    """Remove the staging folders of saves into `output_dir` whose process is gone (killed
+    mid-save). Only folders named by `save_dataset_dict` (`.NAME.staging-PID-...`) are touched."""
+    pattern = re.compile(rf"^\.{re.escape(output_dir.name)}\.staging-(\d+)-\w+$")
+    for path in output_dir.parent.iterdir():
+        match = pattern.match(path.name)
+        if match and path.is_dir() and not _process_alive(int(match.group(1))):
+            logger.warning("removing %s, left by an interrupted save (process %s is gone)", path, match.group(1))
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def data_settings_status(output_dir: str | os.PathLike, settings: dict) -> tuple[str, str]:
+    """Whether `output_dir` already holds the data `settings` would make: ("absent" | "same" |
+    "changed" | "unrecorded", a sentence). `unrecorded`: a saved dataset no data script of ours
+    recorded (hand-made, or older), which a pipeline must not reuse or replace silently."""
+    output_dir = Path(output_dir)
+    if not (output_dir / "dataset_dict.json").is_file():
+        return "absent", f"{output_dir} holds no dataset yet"
+    try:
+        recorded = json.loads((output_dir / DATA_SETTINGS_FILE).read_text())
+    except (OSError, ValueError):
+        return "unrecorded", f"{output_dir} holds a dataset without {DATA_SETTINGS_FILE}: it was not made by this script with these settings"
+    if recorded == settings:
+        return "same", f"{output_dir} already holds this data (same settings)"
+    changed = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
+    return "changed", f"{output_dir} was made with other settings ({', '.join(f'{k}: {recorded.get(k)!r} -> {settings.get(k)!r}' for k in changed)})"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def save_dataset_dict(dataset: DatasetDict, output_dir: str | os.PathLike, overwrite: bool = False, settings: dict | None = None) -> None:
     """Save to a sibling temporary folder, then swap it in: never a half-written dataset.
+    `settings` (what made it) are saved beside it, so a later run can tell it is stale.
 
     Only a saved DatasetDict is ever replaced, and only with `overwrite`: a non-empty folder
     that is not one (a user's own files) stops the save before anything is written."""
@@ -127,9 +183,12 @@ def save_dataset_dict(dataset: DatasetDict, output_dir: str | os.PathLike, overw
         if ours and not overwrite:
             raise FileExistsError(f"{output_dir} already holds a dataset; pass --overwrite to replace it, or pick another --output_dir")
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    remove_dead_staging(output_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.staging-{os.getpid()}-", dir=output_dir.parent))
     try:
         dataset.save_to_disk(str(staging))
+        if settings is not None:
+            (staging / DATA_SETTINGS_FILE).write_text(json.dumps(settings, indent=2, sort_keys=True))
         if output_dir.exists():
             old = output_dir.with_name(f".{output_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -140,6 +199,61 @@ def save_dataset_dict(dataset: DatasetDict, output_dir: str | os.PathLike, overw
             os.replace(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def input_shape(question: str) -> str:
+    """What kind of problem an input is, for spotting lines of another task in a file:
+    `4x4 multiplication` for space-separated digit operands, otherwise `other`."""
+    left, sep, right = question.partition(" * ")
+    a, b = left.split(), right.split()
+    if sep and a and b and all(d.isdigit() and len(d) == 1 for d in a + b):
+        return f"{len(a)}x{len(b)} multiplication"
+    return "other"
+
+
+def dataset_warnings(dataset: DatasetDict) -> list[str]:
+    """What a conversion should tell the user about data that parses but looks wrong: problems
+    shared between splits (a test score on training problems) and splits that mix problem kinds
+    (a 5x5 line in a 4x4 file). Counts, with the first example of each."""
+    warnings = []
+    seen: dict[str, str] = {}
+    for split in dataset:
+        inputs = dataset[split]["input"]
+        shapes: dict[str, list[int]] = {}
+        for index, question in enumerate(inputs):
+            shapes.setdefault(input_shape(question), []).append(index)
+        if len(shapes) > 1:
+            ranked = sorted(shapes.items(), key=lambda item: -len(item[1]))
+            others = ", ".join(f"{len(rows)} {shape} (first: example {rows[0] + 1}, {inputs[rows[0]][:40]!r})" for shape, rows in ranked[1:])
+            warnings.append(f"[{split}] mixes problem kinds: {len(ranked[0][1])} {ranked[0][0]}, {others}")
+        for other, other_inputs in seen.items():
+            shared = set(inputs) & set(other_inputs)
+            if shared:
+                example = next(q for q in inputs if q in shared)
+                warnings.append(f"[{split}] shares {len(shared)} problem(s) with [{other}] (e.g. {example[:40]!r}): "
+                                f"scores on one measure problems seen in the other")
+        seen[split] = inputs
+        empty = [i for i, cot in enumerate(dataset[split]["cot"]) if not cot.strip()]
+        if empty:
+            warnings.append(f"[{split}] has {len(empty)} example(s) with an empty chain of thought (first: example {empty[0] + 1}): "
+                            "fine to evaluate on, but the distillation stages cannot read teacher states from them")
+    return warnings
+
+
+def without_empty_cot(dataset: Dataset, split_name: str, training: bool) -> Dataset:
+    """For stages that read the teacher's states at the CoT's positions: an example with an empty
+    CoT has none (its states would be read at the separators). In a training split that is an
+    error; from an evaluation split such examples are dropped, with a count (the paper's GSM8K
+    valid/test files hold a few)."""
+    empty = [i for i, cot in enumerate(dataset["cot"]) if not cot.strip()]
+    if not empty:
+        return dataset
+    if training:
+        raise ICoTFormatError(f"{split_name}: {len(empty)} example(s) with an empty chain of thought (first: example {empty[0] + 1}, "
+                              f"{dataset[empty[0]]['input'][:60]!r}); this stage reads the teacher's states at the CoT's positions, "
+                              "so every training example needs one: remove them from the data")
+    logger.warning("%s: leaving out %d example(s) with an empty chain of thought (no teacher states to read)", split_name, len(empty))
+    return dataset.select(sorted(set(range(len(dataset))) - set(empty)))
 
 
 def validate_columns(dataset: Dataset | DatasetDict, source: str) -> None:
@@ -183,10 +297,16 @@ def load_icot_dataset(name_or_path: str, split: str | None = None) -> DatasetDic
 # ----------------------------------------------------------------------------- token views
 
 
-def _encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+def _encode(tokenizer, texts: Sequence[str], separator_id: int | None = None, column: str = "text") -> list[list[int]]:
     # A leading space makes BPE tokenizers (GPT-2 style) see each part as it appears
     # mid-sentence, as in the paper's code; word-level tokenizers ignore it.
     ids = tokenizer([" " + t for t in texts], add_special_tokens=False)["input_ids"]
+    if separator_id is not None:  # the separator's text typed inside a part would read as a separator
+        for text, row in zip(texts, ids):
+            if separator_id in row:
+                raise ICoTFormatError(f"{text[:80]!r}: the {column} contains the separator token "
+                                      f"{tokenizer.convert_ids_to_tokens(separator_id)!r}, which marks where the parts end; "
+                                      "remove it from the text")
     unk = tokenizer.unk_token_id
     if unk is not None:  # a word-level vocabulary would turn unknown symbols into <unk> silently
         for text, row in zip(texts, ids):
@@ -265,9 +385,9 @@ def build_views(
         if max_length is not None:
             out["length"] = [max(len(out[f"{v}_input_ids"][i]) for v in views) for i in range(len(examples["input"]))]
         return out
-    inputs = _encode(tokenizer, examples["input"])
-    answers = _encode(tokenizer, examples["answer"])
-    cots = _encode(tokenizer, examples["cot"]) if "explicit" in views else None
+    inputs = _encode(tokenizer, examples["input"], separator_id, "input")
+    answers = _encode(tokenizer, examples["answer"], separator_id, "answer")
+    cots = _encode(tokenizer, examples["cot"], separator_id, "cot") if "explicit" in views else None
     out: dict[str, list] = {}
     for view in views:
         ids_col, labels_col, seps_col = [], [], []
@@ -409,6 +529,6 @@ def prompt_batch(tokenizer, questions: Sequence[str], separator_id: int, pad_tok
         separator = tokenizer.convert_ids_to_tokens(separator_id)
         ids = tokenizer([f" {q} {separator}" for q in questions], add_special_tokens=False)["input_ids"]
     else:
-        ids = [q + [separator_id] for q in _encode(tokenizer, questions)]
+        ids = [q + [separator_id] for q in _encode(tokenizer, questions, separator_id, "question")]
     input_ids, attention_mask = pad_sequences(ids, pad_token_id, side="left")
     return {"input_ids": input_ids, "attention_mask": attention_mask}

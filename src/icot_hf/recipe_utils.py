@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, HfArgu
 from transformers.trainer_utils import get_last_checkpoint
 
 from .curves import write_learning_curve
-from .data import SEQUENCE_FORMATS, ICoTCollator, load_icot_dataset, model_context_length, tokenize_dataset
+from .data import SEQUENCE_FORMATS, ICoTCollator, load_icot_dataset, model_context_length, tokenize_dataset, without_empty_cot
 from .run_record import CHECKPOINTS_FILE, record_checkpoint, written_by_this_run
 from .run_record import begin_run as begin_run_record
 from .run_record import finish_run  # noqa: F401
@@ -237,8 +237,10 @@ def build_distillation_base(script_args: ScriptArguments, tokenizer, teacher):
     return AutoModelForCausalLM.from_config(teacher.config)
 
 
-def load_splits(script_args: ScriptArguments, tokenizer, views, context_length: int | None):
-    """Tokenised train and eval splits (views as asked), checked against the model's context."""
+def load_splits(script_args: ScriptArguments, tokenizer, views, context_length: int | None, reads_teacher_states: bool = False):
+    """Tokenised train and eval splits (views as asked), checked against the model's context.
+    `reads_teacher_states` (mind-reading, emulator): examples with an empty CoT are refused in
+    training and left out of evaluation (data.without_empty_cot)."""
     dataset = load_icot_dataset(script_args.dataset_name_or_path)
     if script_args.train_split not in dataset:
         raise ValueError(f"{script_args.dataset_name_or_path}: no split {script_args.train_split!r}; it has {list(dataset)}")
@@ -248,6 +250,8 @@ def load_splits(script_args: ScriptArguments, tokenizer, views, context_length: 
             logger.warning("max_train_samples %d > the %d examples of %s[%s]: training on all %d", script_args.max_train_samples, len(train),
                            script_args.dataset_name_or_path, script_args.train_split, len(train))
         train = train.select(range(min(script_args.max_train_samples, len(train))))
+    if reads_teacher_states:
+        train = without_empty_cot(train, f"{script_args.dataset_name_or_path}[{script_args.train_split}]", training=True)
     common = dict(views=views, separator_token=script_args.separator_token, max_length=context_length, on_overflow=script_args.on_overflow,
                   sequence_format=script_args.sequence_format)
     train = tokenize_dataset(train, tokenizer, split_name=f"{script_args.dataset_name_or_path}[{script_args.train_split}]", **common)
@@ -256,6 +260,8 @@ def load_splits(script_args: ScriptArguments, tokenizer, views, context_length: 
         evaluation = dataset[script_args.eval_split]
         if script_args.max_eval_samples is not None:
             evaluation = evaluation.select(range(min(script_args.max_eval_samples, len(evaluation))))
+        if reads_teacher_states:
+            evaluation = without_empty_cot(evaluation, f"{script_args.dataset_name_or_path}[{script_args.eval_split}]", training=False)
         evaluation = tokenize_dataset(evaluation, tokenizer, split_name=f"{script_args.dataset_name_or_path}[{script_args.eval_split}]", **common)
     elif script_args.eval_split:
         logger.warning("%s has no split %r (it has %s): training without evaluation; set --eval_split to one of them",
