@@ -7,14 +7,20 @@ METHODS ?=
 TEST_FILE ?= $(firstword $(wildcard ../shared/data/icot_original/$(subst x,_by_,$(subst _mult,,$(TASK)))_mult/test_bigbench.txt))
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install install-deepspeed reproduce test test-fast bench bench-train clean
+.PHONY: help install install-deepspeed reproduce test test-fast bench bench-train clean
+
+## This list of targets
+help:
+	@awk '/^## /{doc = doc (doc ? " " : "") substr($$0, 4); next} /^[a-z-]+:/{if (doc) printf "  make %-18s %s\n", substr($$1, 1, length($$1) - 1), doc; doc = ""; next} {doc = ""}' $(MAKEFILE_LIST)
 
 $(VENV)/.installed: pyproject.toml scripts/install.sh
 	bash scripts/install.sh
 	touch $@
 
+## Create .venv with the library and its test dependencies (the CPU torch wheel where the machine has one)
 install: $(VENV)/.installed
 
+## install, plus DeepSpeed
 install-deepspeed: install
 	EXTRAS=dev,deepspeed bash scripts/install.sh
 
@@ -26,12 +32,13 @@ reproduce: install
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
 
+## The tests not marked slow
 test-fast: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" tests
 
-## Speed benchmarks on the trained 4x4 (and 5x5, when trained) models: results/bench.json + .md
 BENCH_TASKS ?= $(foreach t,4x4 5x5,$(if $(wildcard outputs/$(t)_mult/coupled/training_complete.json),$(t)))
 BENCH_FILES = $(foreach t,$(BENCH_TASKS),$(wildcard ../shared/data/icot_original/$(subst x,_by_,$(t))_mult/test_bigbench.txt))
+## Speed benchmarks on the trained 4x4 (and 5x5, when trained) models: results/bench.json + .md
 bench: install
 	@[ -n "$(BENCH_TASKS)" ] || { echo "make bench: no trained models in outputs/4x4_mult (run make reproduce first)"; exit 2; }
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench.py --output_dir results \
@@ -44,5 +51,6 @@ bench: install
 bench-train: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/train_throughput.py --output_dir results
 
+## Remove what runs wrote and git does not track: outputs/, logs/, stage times (never data/ or committed results)
 clean:
-	rm -rf outputs results/*/stage_seconds.txt logs
+	rm -rf outputs logs results/*/stage_seconds.txt

@@ -2,8 +2,15 @@
 points, one line each (input | entry point | outcome), in a scratch folder.
 
 A case passes when the entry point does what it should: works (a byte-order mark, a lone-CR
-file, an unquoted `no`) or stops with a one-line `error:` naming the problem (no traceback), and
-no file of the user's (the `user/` folder) changed. Exit status 1 if any case does not.
+file, an unquoted `no`; `ok+TEXT`: and says TEXT, a warning), or stops with a one-line `error:`
+naming the problem (no traceback), and no file of the user's (the `user/` folder: data files,
+another tool's Trainer run, a finished run with the user's own README, a hand-made dataset)
+changed: every file there is hashed before and after. Exit status 1 if any case does not.
+
+Round 2 adds: concurrent launches into one folder, wrong folders as stages, another tool's run
+under --rerun_if_changed, publishing offline, finished runs whose weights were damaged, a
+checkpoint the run did not write, stale data, a LoRA coupled model loaded from elsewhere, a full
+disk (a file-size limit) mid-checkpoint and mid-dataset, and the smaller inputs of that issue.
 
     python scripts/odd_input_sweep.py            # prints the table; tests/test_odd_input_sweep.py runs it
 """
@@ -50,6 +57,25 @@ def train_on(source, out, *extra) -> list[str]:
     return script("teacher.py", "--dataset_name_or_path", source, "--output_dir", out, "--model_config", TINY, *QUICK, *extra)
 
 
+def limited(max_bytes: int, command: list[str]) -> list[str]:
+    """`command` (a Python script) with every file it writes capped at `max_bytes`, as a full disk
+    would stop it: writes past the cap fail with EFBIG (SIGXFSZ ignored)."""
+    launcher = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+                f"resource.setrlimit(resource.RLIMIT_FSIZE, ({max_bytes}, {max_bytes})); sys.argv = sys.argv[1:]; "
+                "runpy.run_path(sys.argv[0], run_name='__main__')")
+    return [PY, "-c", launcher, *command[1:]]
+
+
+def while_locked(folder: Path, command: list[str]) -> list[str]:
+    """`command` run while another process holds `folder`'s run lock (a run in progress there)."""
+    code = (f"import subprocess, sys, time\nholder = subprocess.Popen([sys.executable, '-c', 'from pathlib import Path; "
+            f"from icot_hf.run_record import lock_output_dir; import time; lock_output_dir(Path({str(folder)!r})); print(1, flush=True); "
+            f"time.sleep(120)'], stdout=subprocess.PIPE, text=True)\nholder.stdout.readline()\n"
+            f"run = subprocess.run({command!r}, capture_output=True, text=True)\nholder.kill()\n"
+            "sys.stdout.write(run.stdout); sys.stderr.write(run.stderr); sys.exit(run.returncode)")
+    return [PY, "-c", code]
+
+
 def api(code: str) -> list[str]:
     """A Python API call, in its own process: `error:` plus the exception's message if it raises."""
     wrapped = (f"import sys\ntry:\n    exec({code!r})\nexcept (TypeError, ValueError) as e:\n    print(f'error: {{e}}', file=sys.stderr); sys.exit(2)\n")
@@ -77,9 +103,49 @@ def build_cases(work: Path) -> list[tuple[str, str, list[str], str]]:
                    check=True, capture_output=True)
     teacher = work / "teacher"
     subprocess.run(train_on(data, teacher), check=True, capture_output=True)
+    # round 2: what a careful user or a security reviewer tries (the "nothing lost, round 2" issue)
+    (user / "utf16le.txt").write_bytes(((LINE + "\n") * 4).encode("utf-16-le"))
+    (user / "separator_in_question.txt").write_text(LINE + "\n" + "1 2 <|endoftext|> 3 4||3 6 + 0 4 8 #### 3 0 4 0\n")
+    (user / "train.txt").write_text(LINE + "\n" + LINE.replace("1 2", "5 6") + "\n")
+    (user / "test_overlap_mixed.txt").write_text(LINE + "\n" + "1 2 3 4 5 * 1 2 3 4 5||1 #### 2\n" + LINE.replace("1 2", "7 8") + "\n")
+    (user / "empty_cot.txt").write_text(LINE + "\n" + "5 6 * 7 8|| #### 1 2\n")
+    foreign_run = user / "other_tool_run"  # another tool's Trainer run
+    (foreign_run / "checkpoint-500").mkdir(parents=True)
+    (foreign_run / "checkpoint-500" / "trainer_state.json").write_text('{"global_step": 500}')
+    for name, content in (("model.safetensors", "their weights"), ("config.json", "{}"), ("notes.txt", "mine")):
+        (foreign_run / name).write_text(content)
+    (foreign_run / "runs").mkdir()
+    (foreign_run / "runs" / "events.out.tfevents").write_text("logs")
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict({"train": Dataset.from_dict({"input": ["1 2 * 3 4"], "cot": ["3 6"], "answer": ["3 0 4 0"]})}).save_to_disk(str(user / "hand_made_data"))
+    dead = subprocess.run([PY, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    (work / f".converted.staging-{dead}-killed").mkdir()  # what a conversion killed mid-save left
     other_tokenizer = work / "other_tokenizer"
     subprocess.run([PY, "-c", f"from icot_hf import build_digit_tokenizer as b; t = b(); t.add_tokens(['%']); t.save_pretrained({str(other_tokenizer)!r})"],
                    check=True, capture_output=True)
+    stage = dict(capture_output=True, check=True)
+    kd = ["--dataset_name_or_path", data, "--teacher_name_or_path", teacher, *QUICK]
+    subprocess.run(script("mind_reading.py", *kd, "--output_dir", work / "student"), **stage)
+    subprocess.run(script("emulator.py", *kd, "--output_dir", work / "emulator"), **stage)
+    subprocess.run(script("couple.py", "--dataset_name_or_path", data, "--student_name_or_path", work / "student", "--emulator_name_or_path",
+                          work / "emulator", "--output_dir", work / "coupled_lora", "--use_peft", "true", *QUICK), **stage)
+    import shutil
+
+    shutil.copytree(teacher, user / "finished_teacher")  # a finished run the user wrote a README into
+    (user / "finished_teacher" / "README.md").write_text("my own notes on this model\n")
+    for name in ("truncated", "corrupted", "foreign_checkpoint"):
+        shutil.copytree(teacher, work / name)
+    weights = work / "truncated" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    weights = work / "corrupted" / "model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-64:] = b"\xff" * 64  # same size: NaNs where there were weights
+    weights.write_bytes(bytes(blob))
+    os.utime(weights, (0, 0))
+    (work / "foreign_checkpoint" / "training_complete.json").unlink()  # an interrupted run ...
+    (work / "foreign_checkpoint" / "checkpoint-9").mkdir()  # ... beside a checkpoint it did not write
+    (work / "foreign_checkpoint" / "checkpoint-9" / "trainer_state.json").write_text('{"global_step": 9}')
     load_teacher = f"import icot_hf; from transformers import AutoTokenizer, AutoModelForCausalLM; tok = AutoTokenizer.from_pretrained({str(teacher)!r})"
     implicit = ("from icot_hf import ImplicitCoTEmulator as E, ImplicitCoTStudent as S, ImplicitCoTForCausalLM as C; "
                 f"m = AutoModelForCausalLM.from_pretrained({str(teacher)!r}); "
@@ -116,6 +182,61 @@ def build_cases(work: Path) -> list[tuple[str, str, list[str], str]]:
         ("answer() given one string", "ImplicitCoTForCausalLM.answer", api(f"{load_teacher}; {implicit}; model.answer('1 2 * 3 4', tok)"),
          "takes a list of questions"),
         ("answer() given an empty question", "ImplicitCoTForCausalLM.answer", api(f"{load_teacher}; {implicit}; model.answer([''], tok)"), "empty"),
+        # round 2
+        ("LoRA coupled model loaded from another directory", "AutoModelForCausalLM",
+         api(f"import os; os.chdir('/'); {load_teacher}; m = AutoModelForCausalLM.from_pretrained({str(work / 'coupled_lora')!r}); "
+             "assert len(m.answer(['1 2 * 3 4'], tok)) == 1"), "ok"),
+        ("a second launch into a folder a run is using", "teacher.py",
+         while_locked(work / "busy", train_on(data, work / "busy")), "is in use by another run (PID"),
+        ("a teacher folder as ImplicitCoTForCausalLM", "ImplicitCoTForCausalLM.from_pretrained",
+         api(f"{load_teacher}; icot_hf.ImplicitCoTForCausalLM.from_pretrained({str(teacher)!r})"), "teacher_name_or_path"),
+        ("a teacher folder as ImplicitCoTStudent", "ImplicitCoTStudent.from_pretrained",
+         api(f"{load_teacher}; icot_hf.ImplicitCoTStudent.from_pretrained({str(teacher)!r})"), "teacher_name_or_path"),
+        ("the teacher as student and emulator", "couple.py",
+         script("couple.py", "--dataset_name_or_path", data, "--student_name_or_path", teacher, "--emulator_name_or_path", teacher,
+                "--output_dir", work / "out_couple", *QUICK), "teacher_name_or_path"),
+        ("another tool's Trainer run, --rerun_if_changed", "teacher.py",
+         train_on(data, user / "other_tool_run", "--rerun_if_changed", "true"), "holds no icot_hf run"),
+        ("another tool's Trainer run, --overwrite_output_dir", "teacher.py",
+         train_on(data, user / "other_tool_run", "--overwrite_output_dir", "true"), "holds no icot_hf run"),
+        ("push.py offline, the user's README in the folder", "push.py",
+         script("push.py", "--folder", user / "finished_teacher", "--repo_id", "me/x", "--stage", "teacher", "--task", "t"),
+         "nothing local was changed"),
+        ("--push_to_hub offline on a dataset script", "make_multiplication.py",
+         script("make_multiplication.py", "--digits", 2, "--train_size", 8, "--valid_size", 2, "--test_size", 2, "--output_dir",
+                work / "data_pushed", "--push_to_hub", "me/x"), "could not push to the Hub repo me/x"),
+        ("a finished run whose weights were truncated", "teacher.py", train_on(data, work / "truncated"), "cannot be reused"),
+        ("a finished run whose weights changed, same size", "teacher.py", train_on(data, work / "corrupted"), "cannot be reused"),
+        ("a checkpoint the run did not write", "teacher.py", train_on(data, work / "foreign_checkpoint"), "not a checkpoint this run wrote"),
+        ("a hand-made dataset where the pipeline makes data", "make_multiplication.py",
+         script("make_multiplication.py", "--digits", 2, "--train_size", 8, "--output_dir", user / "hand_made_data", "--rerun_if_changed"),
+         "neither reused nor replaced"),
+        ("max_train_samples over the split's size", "teacher.py",
+         train_on(data, work / "out_cap", "--max_train_samples", 128000), "ok+max_train_samples 128000 > the 64 examples"),
+        ("--max_train_samples 0", "teacher.py", train_on(data, work / "out_zero", "--max_train_samples", 0), "max_train_samples must be >= 1"),
+        ("answer() with a question over the context", "ImplicitCoTForCausalLM.answer",
+         api(f"{load_teacher}; {implicit}; model.answer([' '.join(['7'] * 80)], tok)"), "the model's context"),
+        ("answer([1234])", "ImplicitCoTForCausalLM.answer", api(f"{load_teacher}; {implicit}; model.answer([1234], tok)"), "answer()"),
+        ("answer([None])", "ImplicitCoTForCausalLM.answer", api(f"{load_teacher}; {implicit}; model.answer([None], tok)"), "answer()"),
+        ("answer(None)", "ImplicitCoTForCausalLM.answer", api(f"{load_teacher}; {implicit}; model.answer(None, tok)"), "answer()"),
+        ("answer(batch_size=0)", "ImplicitCoTForCausalLM.answer",
+         api(f"{load_teacher}; {implicit}; model.answer(['1 2 * 3 4'], tok, batch_size=0)"), "must be integers >= 1"),
+        ("answer(num_beams=0)", "ImplicitCoTForCausalLM.answer",
+         api(f"{load_teacher}; {implicit}; model.answer(['1 2 * 3 4'], tok, num_beams=0)"), "must be integers >= 1"),
+        ("the separator's text inside a question", "teacher.py",
+         train_on(user / "separator_in_question.txt", work / "out_sep"), "contains the separator token"),
+        ("problems shared by train and test, a 5x5 line among 2x2", "convert_icot_text.py",
+         script("convert_icot_text.py", "--train", user / "train.txt", "--test", user / "test_overlap_mixed.txt", "--output_dir", work / "converted"),
+         "ok+shares 1 problem(s) with [train]"),
+        ("an empty chain of thought, distillation", "mind_reading.py",
+         script("mind_reading.py", "--dataset_name_or_path", user / "empty_cot.txt", "--teacher_name_or_path", teacher,
+                "--output_dir", work / "out_empty", *QUICK), "empty chain of thought"),
+        ("UTF-16LE without a byte-order mark", "teacher.py", train_on(user / "utf16le.txt", work / "out_u16"), "looks UTF-16"),
+        ("a full disk mid-checkpoint (file-size limit)", "teacher.py",
+         limited(30_000, train_on(data, work / "out_full", "--save_strategy", "steps", "--save_steps", 1)), "the disk filled up"),
+        ("a full disk mid-dataset (file-size limit)", "make_multiplication.py",
+         limited(30_000, script("make_multiplication.py", "--digits", 3, "--train_size", 5000, "--output_dir", work / "data_full",
+                                "--text_dir", work / "text_full")), "the disk filled up"),
     ]
 
 
@@ -132,16 +253,21 @@ def main() -> int:
             run = subprocess.run(command, capture_output=True, text=True, env=env, cwd=work, timeout=600)
             error_lines = [line for line in run.stderr.splitlines() if line.startswith("error:")]
             if run.returncode == 0:
-                outcome, good = "ok", expected == "ok"
+                said = expected.partition("+")[2]
+                outcome = "ok" + (f" ({said})" if said and said in run.stdout + run.stderr else "")
+                good = expected.startswith("ok") and (not said or said in run.stdout + run.stderr)
             else:
                 outcome = error_lines[0] if error_lines else f"exit {run.returncode} without an error line"
-                good = expected != "ok" and bool(error_lines) and expected in run.stderr
+                good = not expected.startswith("ok") and bool(error_lines) and expected in run.stderr
             if "Traceback" in run.stderr:
                 outcome, good = f"raw traceback: {run.stderr.strip().splitlines()[-1]}", False
             failures += not good
             print(f"{what:55s} | {entry:30s} | {'' if good else 'UNEXPECTED: '}{outcome[:160]}")
         changed = sorted(k for k in set(before) | set(snapshot(work / "user")) if before.get(k) != snapshot(work / "user").get(k))
         print(f"user files changed: {json.dumps(changed) if changed else 'none'}")
+        left = sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.name.endswith(".tmp") or ".staging-" in p.name)
+        print(f"temporary or staging files left: {json.dumps(left) if left else 'none'}")
+        failures += bool(left)
         failures += bool(changed)
     print(f"{failures} case(s) did not behave" if failures else "every case behaved")
     return 1 if failures else 0

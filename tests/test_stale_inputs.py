@@ -141,7 +141,7 @@ def test_a_full_disk_leaves_no_temporary_file_and_says_so(tmp_path, monkeypatch,
     with pytest.raises(SystemExit) as stop:
         run_cli(save_checkpoint)
     assert stop.value.code == 2
-    assert "error: the disk filled up while writing" in capsys.readouterr().err
+    assert "error: the disk filled up (or a file-size limit was reached) while writing" in capsys.readouterr().err
 
     def a_bug():
         raise RuntimeError("shape mismatch")

@@ -20,18 +20,20 @@ from typing import Callable
 USER_ERRORS = (ValueError, OSError)
 
 
-DISK_FULL_SIGNS = ("No space left on device", "file write failed", "unexpected pos", "Disk quota exceeded")
+DISK_FULL_SIGNS = ("No space left on device", "os error 28", "file write failed", "unexpected pos", "Disk quota exceeded",
+                   "File too large", "os error 27")
 
 
-def disk_full(error: BaseException) -> bool:
+def disk_full(error: BaseException | None) -> bool:
     """Whether `error` (or what caused it) is a write that ran out of space: an OSError with
-    ENOSPC/EDQUOT, or torch's serializer failing mid-write (a RuntimeError from inline_container.cc)."""
+    ENOSPC/EDQUOT/EFBIG, torch's serializer failing mid-write (a RuntimeError from
+    inline_container.cc: "unexpected pos"), or safetensors' I/O error with those codes."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             return True
-        if isinstance(error, (OSError, RuntimeError)) and any(sign in str(error) for sign in DISK_FULL_SIGNS):
+        if any(sign in str(error) for sign in DISK_FULL_SIGNS):
             return True
         error = error.__cause__ or error.__context__
     return False
@@ -40,29 +42,22 @@ def disk_full(error: BaseException) -> bool:
 def run(main: Callable[[], object]) -> None:
     try:
         main()
-    except (OSError, RuntimeError) as error:
-        if not disk_full(error) or os.environ.get("ICOT_HF_TRACEBACK"):
-            if isinstance(error, USER_ERRORS):
-                _user_error(error)
-            raise
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"error: the disk filled up while writing ({first_line[:200]}). Free space and run the same command again: "
-              "training resumes from its last complete checkpoint (a checkpoint cut off mid-save is set aside, never "
-              "loaded), and a dataset is only swapped in once fully written.", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
     except SystemExit as stop:  # `raise SystemExit("message")`: a user error already worded
         if isinstance(stop.code, str):
             print(f"error: {stop.code}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
         raise
-    except USER_ERRORS as error:
-        _user_error(error)
+    except Exception as error:
+        if os.environ.get("ICOT_HF_TRACEBACK"):
+            raise
+        if disk_full(error):
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            print(f"error: the disk filled up (or a file-size limit was reached) while writing ({first_line[:200]}). Free space "
+                  "and run the same command again: training resumes from its last complete checkpoint (a checkpoint cut off "
+                  "mid-save is set aside, never loaded), and a dataset is only swapped in once fully written.",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        if isinstance(error, USER_ERRORS):
+            print(f"error: {error}\n(ICOT_HF_TRACEBACK=1 shows where it was raised)", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         raise
-
-
-def _user_error(error: BaseException) -> None:
-    """Print a user error as one line and exit 2 (returns only under ICOT_HF_TRACEBACK)."""
-    if os.environ.get("ICOT_HF_TRACEBACK"):
-        return
-    print(f"error: {error}\n(ICOT_HF_TRACEBACK=1 shows where it was raised)", file=sys.stderr, flush=True)
-    raise SystemExit(2) from None
