@@ -23,12 +23,14 @@ import os
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 LINE = "1 2 * 3 4||3 6 + 0 4 8 #### 3 0 4 0"
 TINY = "{model_type: gpt2, n_layer: 2, n_embd: 16, n_head: 2, n_positions: 64}"
+SERIAL_CASES = 4  # build_cases' first cases: two re-runs into one teacher folder
 QUICK = ["--max_steps", "1", "--per_device_train_batch_size", "2", "--eval_strategy", "no", "--save_strategy", "no", "--use_cpu", "true"]
 
 
@@ -68,11 +70,11 @@ def limited(max_bytes: int, command: list[str]) -> list[str]:
 
 def while_locked(folder: Path, command: list[str]) -> list[str]:
     """`command` run while another process holds `folder`'s run lock (a run in progress there)."""
-    code = (f"import subprocess, sys, time\nholder = subprocess.Popen([sys.executable, '-c', 'from pathlib import Path; "
-            f"from icot_hf.run_record import lock_output_dir; import time; lock_output_dir(Path({str(folder)!r})); print(1, flush=True); "
-            f"time.sleep(120)'], stdout=subprocess.PIPE, text=True)\nholder.stdout.readline()\n"
-            f"run = subprocess.run({command!r}, capture_output=True, text=True)\nholder.kill()\n"
-            "sys.stdout.write(run.stdout); sys.stderr.write(run.stderr); sys.exit(run.returncode)")
+    holder = (f"from pathlib import Path; import time; from icot_hf.run_record import lock_output_dir; "
+              f"lock_output_dir(Path({str(folder)!r})); print(1, flush=True); time.sleep(300)")
+    code = (f"import subprocess, sys\nholder = subprocess.Popen([sys.executable, '-c', {holder!r}], stdout=subprocess.PIPE, text=True)\n"
+            f"holder.stdout.readline()\nrun = subprocess.run({[str(c) for c in command]!r}, capture_output=True, text=True)\n"
+            "holder.kill()\nsys.stdout.write(run.stdout); sys.stderr.write(run.stderr); sys.exit(run.returncode)")
     return [PY, "-c", code]
 
 
@@ -249,8 +251,16 @@ def main() -> int:
         env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
         env.pop("ICOT_HF_TRACEBACK", None)
         print(f"{'input':55s} | {'entry point':30s} | outcome")
-        for what, entry, command, expected in cases:
-            run = subprocess.run(command, capture_output=True, text=True, env=env, cwd=work, timeout=600)
+
+        def attempt(case):
+            return subprocess.run(case[2], capture_output=True, text=True, env=env, cwd=work, timeout=600)
+
+        # the first cases re-run one teacher folder: one at a time; the rest touch folders of their
+        # own and run two at a time (each is mostly a process importing torch and transformers)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            runs = [attempt(case) for case in cases[:SERIAL_CASES]]
+            runs += list(pool.map(attempt, cases[SERIAL_CASES:]))
+        for (what, entry, command, expected), run in zip(cases, runs):
             error_lines = [line for line in run.stderr.splitlines() if line.startswith("error:")]
             if run.returncode == 0:
                 said = expected.partition("+")[2]
