@@ -25,7 +25,26 @@ def _register_auto_classes() -> None:
 
 _register_auto_classes()
 
+# Trainers, their configs and the data helpers load on first use (`from icot_hf import
+# TeacherTrainer`): importing the Trainer stack is not needed to load or run a model.
+_LAZY = {
+    **{name: ".trainers" for name in ("CoupledConfig", "CoupledTrainer", "MindReadingConfig", "MindReadingTrainer",
+                                      "StepwiseInternalizationConfig", "StepwiseInternalizationTrainer", "TeacherConfig",
+                                      "TeacherTrainer", "ThoughtEmulationConfig", "ThoughtEmulationTrainer")},
+    **{name: ".data" for name in ("ICoTCollator", "load_icot_dataset", "tokenize_dataset", "read_icot_text")},
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'icot_hf' has no attribute {name!r}")
+
+
 __all__ = [
+    *sorted(_LAZY),
     "ImplicitCoTConfig",
     "ImplicitCoTEmulatorConfig",
     "ImplicitCoTStudentConfig",

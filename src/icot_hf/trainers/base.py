@@ -93,8 +93,25 @@ def token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class FrozenTeacherMixin:
-    """For stages that read a frozen teacher: check its shape against the trained model's
-    config, hold it prepared for inference, and extract its states for a batch."""
+    """For stages that read a frozen teacher: load it (a name, with `teacher_model_init_kwargs`,
+    or a model), check its shape against the trained model's config, hold it prepared for
+    inference, and extract its states for a batch."""
+
+    def take_teacher(self, teacher_model, teacher, init_kwargs: dict | None) -> None:
+        """Before ICoTTrainer.__init__: the teacher (`teacher_model`, TRL's name, or `teacher`),
+        loaded, so the trained model can be built for its shape and data checked against it."""
+        from .inputs import is_name, load_causal_lm
+
+        given = teacher_model if teacher_model is not None else teacher
+        if given is None:
+            raise ValueError(f"{type(self).__name__} needs teacher_model=<a trained explicit-CoT causal LM, or its name or folder>")
+        self._teacher_name = given if is_name(given) else None
+        self.frozen_teacher = load_causal_lm(given, init_kwargs, "teacher_model")
+
+    def teacher_shape(self) -> dict:
+        """Config arguments that size a student or emulator for the teacher's states."""
+        config = self.frozen_teacher.config
+        return dict(teacher_num_layers=config.num_hidden_layers, teacher_hidden_size=config.hidden_size)
 
     def attach_teacher(self, teacher, what: str) -> None:
         config = self.accelerator.unwrap_model(self.model).config
@@ -123,16 +140,56 @@ class FrozenTeacherMixin:
 
 
 class ICoTTrainer(Trainer):
-    """Trainer with per-stage metric logging and loss-only prediction steps."""
+    """Trainer with per-stage metric logging and loss-only prediction steps, taking what TRL's
+    trainers take (see `inputs.py`): a model or its name, `args=None` for the stage's defaults,
+    raw or tokenised datasets, `processing_class`, `peft_config`."""
 
-    def __init__(self, *args, **kwargs):
-        args_ = kwargs.get("args")
-        if args_ is not None and getattr(args_, "use_peft", False) and kwargs.get("model") is not None:
-            kwargs["model"] = apply_lora(kwargs["model"], args_.lora_config())
-        super().__init__(*args, **kwargs)
+    config_class: type | None = None  # the stage's TrainingArguments subclass
+    stage_name = "icot"  # names the default output_dir, `<model name>-<stage>`
+    frozen_teacher = None  # set by FrozenTeacherMixin trainers before this __init__ runs
+
+    def __init__(self, *args, model_init_kwargs: dict | None = None, peft_config=None, separator_id: int | None = None, **kwargs):
+        from ..tokenization import separator_token_id
+        from .inputs import default_collator, default_config, named_arguments, resolve_tokenizer, stage_dataset
+
+        kwargs = named_arguments(args, kwargs)
+        name = type(self).__name__
+        model = kwargs.get("model")
+        if kwargs.get("args") is None:
+            kwargs["args"] = default_config(self.config_class, model, self.stage_name)
+        elif self.config_class is not None and not isinstance(kwargs["args"], self.config_class):
+            raise TypeError(f"{name} expects args={self.config_class.__name__}(...) (or None for its defaults)")
+        training_args = kwargs["args"]
+        tokenizer = kwargs["processing_class"] = resolve_tokenizer(kwargs.get("processing_class"), model, getattr(self, "_teacher_name", None))
+        self._tokenizer_for_build = tokenizer
+        if model is not None:
+            model = kwargs["model"] = self.build_model(model, model_init_kwargs, training_args)
+        self.separator_id = separator_id if separator_id is not None or tokenizer is None else separator_token_id(tokenizer)
+        views = self.views(training_args)
+        context_model = self.frozen_teacher if self.frozen_teacher is not None else model
+        for split in ("train_dataset", "eval_dataset"):
+            kwargs[split] = stage_dataset(kwargs.get(split), tokenizer, views, model, context_model, f"{name} {split}")
+        if kwargs.get("data_collator") is None and tokenizer is not None:
+            kwargs["data_collator"] = default_collator(tokenizer, views)
+        if peft_config is not None and model is not None:
+            kwargs["model"] = apply_lora(model, peft_config)
+        elif getattr(training_args, "use_peft", False) and model is not None:
+            kwargs["model"] = apply_lora(model, training_args.lora_config())
+        super().__init__(**kwargs)
         self._stage_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         if getattr(self.args, "disable_dropout", False):
             disable_dropout(self.model)
+
+    def build_model(self, model, init_kwargs: dict | None, training_args):
+        """The model this stage trains, from a name or a model: by default a causal LM as given
+        (the teacher, ICoT-SI); the distillation stages wrap a plain LM for the teacher's shape."""
+        from .inputs import load_causal_lm
+
+        return load_causal_lm(model, init_kwargs, "model")
+
+    def views(self, training_args) -> tuple[str, ...]:
+        """The tokenised views this stage reads (data.build_views)."""
+        return ("explicit", "implicit")
 
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         """With `weight_decay_all_parameters`, every parameter decays (the released code's
@@ -146,7 +203,7 @@ class ICoTTrainer(Trainer):
         """(loss, outputs) of `model(**forward_kwargs)` against `labels`, recording token accuracy.
         With `label_logits_only` (the default) the output layer runs on labelled positions only
         (outputs is then None); where that does not apply, the model's own loss."""
-        if getattr(self.args, "label_logits_only", False):
+        if getattr(self.args, "label_logits_only", False) and not getattr(self, "_keep_logits", False):
             from ..label_loss import label_position_loss
 
             result = label_position_loss(model, labels, **forward_kwargs)
@@ -156,6 +213,8 @@ class ICoTTrainer(Trainer):
                 return loss, None
         outputs = model(labels=labels, **forward_kwargs)
         self.record(token_accuracy=token_accuracy(outputs.logits.detach(), labels))
+        if getattr(self, "_keep_logits", False):  # for prediction_step: what compute_metrics scores
+            self._kept = (outputs.logits, labels)
         return outputs.loss, outputs
 
     def record(self, **metrics: torch.Tensor | float) -> None:
@@ -199,18 +258,33 @@ class ICoTTrainer(Trainer):
         return load_exact_match().compute(predictions=predictions, references=references)["exact_match"]
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
-        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        self._evaluated_dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+        """The Trainer's loop (loss, and a user's `compute_metrics` on logits and labels), plus
+        generation-based exact match in the same metrics, so the log, `on_evaluate` callbacks
+        and early stopping all see `<prefix>_exact_match`."""
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        dataset = getattr(self, "_evaluated_dataset", None)
         if self.args.eval_exact_match_samples and dataset is not None and self.processing_class is not None:
             if "answer" not in dataset.column_names:
                 raise ValueError("exact-match evaluation needs the 'answer' column in the eval dataset")
-            score = self.exact_match(dataset, self.args.eval_exact_match_samples)
-            metrics[f"{metric_key_prefix}_exact_match"] = score
-            self.log({f"{metric_key_prefix}_exact_match": score})
-        return metrics
+            output.metrics[f"{metric_key_prefix}_exact_match"] = self.exact_match(dataset, self.args.eval_exact_match_samples)
+        return output
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Loss only, unless a `compute_metrics` wants predictions: then the stage's logits and
+        the labels they are scored against (stages without token outputs, the emulator, give none)."""
         inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs)
+        wants_logits = self.compute_metrics is not None and not prediction_loss_only
+        self._keep_logits, self._kept = wants_logits, None
+        try:
+            with torch.no_grad(), self.compute_loss_context_manager():
+                loss = self.compute_loss(model, inputs)
+        finally:
+            self._keep_logits = False
+        if wants_logits and self._kept is not None:
+            logits, labels = self._kept
+            return loss.detach(), logits.detach(), labels.detach()
         return loss.detach(), None, None

@@ -11,19 +11,45 @@ from .teacher_trainer import implicit_prompts
 class MindReadingTrainer(FrozenTeacherMixin, ICoTTrainer):
     """Trains an `ImplicitCoTStudent` with the answer cross-entropy on the implicit view.
 
-    Each step runs the frozen `teacher` on the explicit view of the same examples and
+    Each step runs the frozen teacher on the explicit view of the same examples and
     hands its states (pattern `args.subset`, step `args.delta`) to the student. The
     teacher lives on the trainer, never inside the student's checkpoint.
+
+    Args:
+        model: an `ImplicitCoTStudent`, a plain causal LM to wrap (its state MLPs sized for
+            the teacher), or a Hub id or folder of either (loaded with `model_init_kwargs`).
+        teacher_model: the trained explicit-CoT teacher, or its Hub id or folder (loaded with
+            `teacher_model_init_kwargs`); `teacher=` is accepted too.
+        args: a `MindReadingConfig`; None for its defaults.
+        train_dataset, eval_dataset, processing_class, separator_id, peft_config: as `TeacherTrainer`.
+
+    Example:
+        >>> trainer = MindReadingTrainer(model="gpt2", teacher_model="outputs/teacher", train_dataset=raw_train,
+        ...                              peft_config=LoraConfig(r=8, target_modules=["c_attn"]))
+        >>> trainer.train()
     """
 
-    def __init__(self, *args, teacher=None, separator_id: int | None = None, **kwargs):
-        if teacher is None:
-            raise ValueError("MindReadingTrainer needs teacher=<a trained explicit-CoT causal LM>")
-        if kwargs.get("args") is not None and not isinstance(kwargs["args"], MindReadingConfig):
-            raise TypeError("MindReadingTrainer expects args=MindReadingConfig(...)")
+    config_class = MindReadingConfig
+    stage_name = "mind-reading"
+
+    def __init__(self, *args, teacher_model=None, teacher_model_init_kwargs: dict | None = None, teacher=None, **kwargs):
+        self.take_teacher(teacher_model, teacher, teacher_model_init_kwargs)
         super().__init__(*args, **kwargs)
-        self.attach_teacher(teacher, "student")
-        self.separator_id = separator_id
+        self.attach_teacher(self.frozen_teacher, "student")
+
+    def build_model(self, model, init_kwargs, training_args):
+        """An `ImplicitCoTStudent` as given or saved; a plain causal LM (or its name) is wrapped,
+        its state MLPs sized for the teacher's states."""
+        from ..modeling_icot import ImplicitCoTStudent
+        from .common_config import parse_teacher_layers
+        from .inputs import is_name, load_causal_lm, saved_model_type
+
+        if isinstance(model, ImplicitCoTStudent):
+            return model
+        if is_name(model) and saved_model_type(model) == "icot_student":
+            return ImplicitCoTStudent.from_pretrained(str(model), **(init_kwargs or {}))
+        return ImplicitCoTStudent.from_base_model(load_causal_lm(model, init_kwargs, "model"), **self.teacher_shape(),
+                                                  teacher_layers=parse_teacher_layers(training_args.teacher_layers))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = self.causal_lm_loss(

@@ -140,16 +140,30 @@ class RemovalSchedule(TrainerCallback, ExportableState):
 
 
 class StepwiseInternalizationTrainer(ICoTTrainer):
-    """Trains a plain causal LM while internalising its chain of thought step by step."""
+    """Trains a plain causal LM while internalising its chain of thought step by step (ICoT-SI).
 
-    def __init__(self, *args, separator_id: int | None = None, pad_token_id: int = 0, **kwargs):
-        if kwargs.get("args") is not None and not isinstance(kwargs["args"], StepwiseInternalizationConfig):
-            raise TypeError("StepwiseInternalizationTrainer expects args=StepwiseInternalizationConfig(...)")
+    Args:
+        model: a causal LM (usually the explicit-CoT teacher), or its Hub id or folder.
+        args: a `StepwiseInternalizationConfig`; None for its defaults.
+        train_dataset, eval_dataset, processing_class, separator_id, peft_config: as `TeacherTrainer`.
+        pad_token_id: padding of the shortened sequences (default: the tokenizer's, else `S`).
+
+    Example:
+        >>> StepwiseInternalizationTrainer(model="outputs/teacher", train_dataset=raw_train,
+        ...                                eval_dataset=raw_valid).train()
+    """
+
+    config_class = StepwiseInternalizationConfig
+    stage_name = "stepwise"
+
+    def __init__(self, *args, pad_token_id: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if self.args.removal_schedule == "gated" and self.eval_dataset is None:
             raise ValueError("removal_schedule 'gated' measures its gate on validation data: pass eval_dataset "
                              "(recipes: a dataset with a 'valid' split, or eval_split)")
-        self.separator_id = separator_id
+        if pad_token_id is None:
+            pad = getattr(self.processing_class, "pad_token_id", None)
+            pad_token_id = pad if pad is not None else (self.separator_id or 0)
         self.pad_token_id = pad_token_id
         self.schedule = RemovalSchedule(stage=self.args.removal_start_stage)
         self.schedule.trainer = self

@@ -9,16 +9,29 @@ from .teacher_config import TeacherConfig
 
 
 class TeacherTrainer(ICoTTrainer):
-    """Loss on the chain of thought and the answer (labels masked up to the first separator).
+    """Loss on the chain of thought and the answer (labels masked up to the first separator);
+    with `view="implicit"` the no-CoT baseline (loss on the answer only).
 
-    Pass `separator_id` (the id of `S`) for exact-match evaluation by generation.
+    Args:
+        model: a causal LM, or its Hub id or folder (loaded with `model_init_kwargs`).
+        args: a `TeacherConfig`; None for its defaults, written to `<model name>-teacher`.
+        train_dataset, eval_dataset: raw examples (`input`, `cot`, `answer` columns) or
+            tokenised views (`icot_hf.data.tokenize_dataset`).
+        processing_class: the tokenizer (default: the one saved with a named model).
+        separator_id: the id of the separator `S` (default: the tokenizer's eos).
+        peft_config: a peft `LoraConfig`, to train adapters only.
+
+    Example:
+        >>> trainer = TeacherTrainer(model="gpt2", args=TeacherConfig(output_dir="teacher"),
+        ...                          train_dataset=load_icot_dataset("data/4x4_mult", split="train"))
+        >>> trainer.train()
     """
 
-    def __init__(self, *args, separator_id: int | None = None, **kwargs):
-        if kwargs.get("args") is not None and not isinstance(kwargs["args"], TeacherConfig):
-            raise TypeError("TeacherTrainer expects args=TeacherConfig(...)")
-        super().__init__(*args, **kwargs)
-        self.separator_id = separator_id
+    config_class = TeacherConfig
+    stage_name = "teacher"
+
+    def views(self, training_args):
+        return ("explicit", "implicit") if training_args.view == "explicit" else ("implicit",)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         view = self.args.view
