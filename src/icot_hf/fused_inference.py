@@ -8,7 +8,7 @@ whole decoder pass over the question: two `einsum`s (their parsing alone costs s
 matmuls), an LSTM cell made of two matmuls and a chain of gate ops, separate key and query
 projections, and a concatenation before each state MLP; fused, the emulator pass went from
 12.2 to 10.7 ms. On wider models at batch 1 on a CPU, reading the modules' weights is most of
-the step's time and fusing does not change that (results/notes/bench_runs.md, session 6).
+the step's time and fusing does not change that (experiments/notes/bench_runs.md, session 6).
 Here the weights are fused once (and kept until a parameter changes):
 
 - the key and query projections are one matmul;

@@ -2,7 +2,7 @@
 (teacher-forced sequence and token accuracy at the current removal) against training examples,
 read from each run's newest trainer_state.json (final folder or checkpoint), one panel per metric.
 
-    python scripts/si_gate_curves.py --output results/4x4_mult/si_search/gate_curves \
+    python experiments/si_gate_curves.py --output experiments/results/4x4_mult/si_search/gate_curves \
         outputs/4x4_mult/si_search/stepwise_gated_4x256_lr1e-3 outputs/4x4_mult/si_search/stepwise_gated_4x256_keep_positions ...
 
 A run given as a recipe's stdout log (`name.log`) is read from the metric dicts the Trainer
