@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from icot_hf.data import ICoTFormatError, data_settings_status, dataset_from_text_files, dataset_warnings, file_sha256, save_dataset_dict  # noqa: E402
+from icot_hf.data import ICoTFormatError, dataset_from_text_files, dataset_warnings, file_sha256, rerun_decision, save_dataset_dict  # noqa: E402
 
 
 def main(argv=None):
@@ -47,16 +47,10 @@ def main(argv=None):
     settings = {"script": "convert_icot_text", "files_sha256": {name: file_sha256(path) for name, path in files.items()}}
     overwrite = args.overwrite
     if args.rerun_if_changed:
-        state, why = data_settings_status(args.output_dir, settings)
-        if state == "same":
-            print(f"{why}: nothing to do")
+        replace = rerun_decision(args.output_dir, settings, "convert_icot_text")
+        if replace is None:
             return
-        if state == "unrecorded":
-            sys.exit(f"convert_icot_text: {why}; it is neither reused nor replaced. Move it away, or point the configs' "
-                     "dataset_name_or_path at it to train on it as it is.")
-        if state == "changed":
-            print(f"{why}: converting again")
-            overwrite = True
+        overwrite = overwrite or replace
     try:
         dataset = dataset_from_text_files(files)
     except ICoTFormatError as error:

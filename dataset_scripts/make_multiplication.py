@@ -16,7 +16,7 @@ from datasets import Dataset, DatasetDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from icot_hf.data import data_settings_status, file_sha256, read_icot_text, save_dataset_dict, write_icot_text  # noqa: E402
+from icot_hf.data import file_sha256, rerun_decision, read_icot_text, save_dataset_dict, write_icot_text  # noqa: E402
 from icot_hf.multiplication import format_problem, parse_operands, sample_problems  # noqa: E402
 
 
@@ -61,16 +61,10 @@ def main(argv=None):
                 "exclude_files_sha256": sorted(file_sha256(path) for path in args.exclude_files)}
     overwrite = args.overwrite
     if args.rerun_if_changed:
-        state, why = data_settings_status(args.output_dir, settings)
-        if state == "same":
-            print(f"{why}: nothing to do")
+        replace = rerun_decision(args.output_dir, settings, "make_multiplication")
+        if replace is None:
             return
-        if state == "unrecorded":
-            sys.exit(f"{Path(__file__).stem}: {why}; it is neither reused nor replaced. Move it away, or point the configs' "
-                     "dataset_name_or_path at it to train on it as it is.")
-        if state == "changed":
-            print(f"{why}: making it again")
-            overwrite = True
+        overwrite = overwrite or replace
     dataset = build(args.digits, sizes, args.seed, args.exclude_files)
     try:
         save_dataset_dict(dataset, args.output_dir, overwrite=overwrite, settings=settings)

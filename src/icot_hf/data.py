@@ -162,6 +162,22 @@ def data_settings_status(output_dir: str | os.PathLike, settings: dict) -> tuple
     return "changed", f"{output_dir} was made with other settings ({', '.join(f'{k}: {recorded.get(k)!r} -> {settings.get(k)!r}' for k in changed)})"
 
 
+def rerun_decision(output_dir: str | os.PathLike, settings: dict, script: str) -> bool | None:
+    """A data script's `--rerun_if_changed`: None when `output_dir` already holds this data
+    (nothing to do), True when data it made with other settings must be replaced, False when
+    there is none yet; a dataset no data script recorded stops the run (never reused or replaced)."""
+    state, why = data_settings_status(output_dir, settings)
+    if state == "same":
+        print(f"{why}: nothing to do")
+        return None
+    if state == "unrecorded":
+        raise SystemExit(f"{script}: {why}; it is neither reused nor replaced. Move it away, or point the configs' "
+                         "dataset_name_or_path at it to train on it as it is.")
+    if state == "changed":
+        print(f"{why}: making it again")
+    return state == "changed"
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
