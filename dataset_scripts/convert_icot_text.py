@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from icot_hf.data import ICoTFormatError, dataset_from_text_files, dataset_warnings, file_sha256, rerun_decision, save_dataset_dict  # noqa: E402
+from icot_hf.data import ICoTFormatError, dataset_from_text_files, dataset_warnings, file_sha256, overwrite_decision, save_dataset_dict  # noqa: E402
 
 
 def main(argv=None):
@@ -45,12 +45,9 @@ def main(argv=None):
         if not Path(path).is_file():
             sys.exit(f"convert_icot_text: --{name if name in ('train', 'valid', 'test') else 'split ' + name} {path}: no such file")
     settings = {"script": "convert_icot_text", "files_sha256": {name: file_sha256(path) for name, path in files.items()}}
-    overwrite = args.overwrite
-    if args.rerun_if_changed:
-        replace = rerun_decision(args.output_dir, settings, "convert_icot_text")
-        if replace is None:
-            return
-        overwrite = overwrite or replace
+    overwrite = overwrite_decision(args.output_dir, settings, "convert_icot_text", args.overwrite, args.rerun_if_changed)
+    if overwrite is None:  # --rerun_if_changed: the same data is there already
+        return
     try:
         dataset = dataset_from_text_files(files)
     except ICoTFormatError as error:

@@ -16,7 +16,7 @@ from datasets import Dataset, DatasetDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from icot_hf.data import file_sha256, rerun_decision, read_icot_text, save_dataset_dict, write_icot_text  # noqa: E402
+from icot_hf.data import file_sha256, overwrite_decision, read_icot_text, save_dataset_dict, write_icot_text  # noqa: E402
 from icot_hf.multiplication import format_problem, parse_operands, sample_problems  # noqa: E402
 
 
@@ -59,12 +59,9 @@ def main(argv=None):
     sizes = {k: v for k, v in sizes.items() if v > 0}
     settings = {"script": "make_multiplication", "digits": args.digits, "sizes": sizes, "seed": args.seed,
                 "exclude_files_sha256": sorted(file_sha256(path) for path in args.exclude_files)}
-    overwrite = args.overwrite
-    if args.rerun_if_changed:
-        replace = rerun_decision(args.output_dir, settings, "make_multiplication")
-        if replace is None:
-            return
-        overwrite = overwrite or replace
+    overwrite = overwrite_decision(args.output_dir, settings, "make_multiplication", args.overwrite, args.rerun_if_changed)
+    if overwrite is None:  # --rerun_if_changed: the same data is there already
+        return
     dataset = build(args.digits, sizes, args.seed, args.exclude_files)
     try:
         save_dataset_dict(dataset, args.output_dir, overwrite=overwrite, settings=settings)

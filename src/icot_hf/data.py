@@ -162,10 +162,13 @@ def data_settings_status(output_dir: str | os.PathLike, settings: dict) -> tuple
     return "changed", f"{output_dir} was made with other settings ({', '.join(f'{k}: {recorded.get(k)!r} -> {settings.get(k)!r}' for k in changed)})"
 
 
-def rerun_decision(output_dir: str | os.PathLike, settings: dict, script: str) -> bool | None:
-    """A data script's `--rerun_if_changed`: None when `output_dir` already holds this data
-    (nothing to do), True when data it made with other settings must be replaced, False when
-    there is none yet; a dataset no data script recorded stops the run (never reused or replaced)."""
+def overwrite_decision(output_dir: str | os.PathLike, settings: dict, script: str, overwrite: bool, rerun_if_changed: bool) -> bool | None:
+    """Whether a data script replaces what `output_dir` holds (`--overwrite`), or under
+    `--rerun_if_changed`: None when it already holds this data (nothing to do), True when data it
+    made with other settings must be replaced; a dataset no data script recorded stops the run
+    (never reused or replaced)."""
+    if not rerun_if_changed:
+        return overwrite
     state, why = data_settings_status(output_dir, settings)
     if state == "same":
         print(f"{why}: nothing to do")
@@ -175,7 +178,7 @@ def rerun_decision(output_dir: str | os.PathLike, settings: dict, script: str) -
                          "dataset_name_or_path at it to train on it as it is.")
     if state == "changed":
         print(f"{why}: making it again")
-    return state == "changed"
+    return overwrite or state == "changed"
 
 
 def file_sha256(path: str | os.PathLike) -> str:
