@@ -23,6 +23,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .curves import write_learning_curve
 from .data import SEQUENCE_FORMATS, ICoTCollator, load_icot_dataset, model_context_length, tokenize_dataset, without_empty_cot
+from .precision import precision_of
 from .run_record import CHECKPOINTS_FILE, record_checkpoint, written_by_this_run
 from .run_record import begin_run as begin_run_record
 from .run_record import finish_run  # noqa: F401
@@ -357,7 +358,7 @@ def train_and_save(trainer, training_args) -> dict:
     resume = training_args.resume_from_checkpoint or last_checkpoint(training_args.output_dir)
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
-    metrics = dict(result.metrics)
+    metrics = dict(result.metrics, precision=precision_of(training_args))
     if torch.cuda.is_available():  # what the training steps held on the GPU at their peak (before evaluation)
         metrics["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
     if trainer.eval_dataset is not None:

@@ -39,6 +39,12 @@ class ICoTTrainingArguments(TrainingArguments):
                   "does (it builds torch.optim.AdamW(model.parameters(), lr) with torch's default decay 0.01). The "
                   "Trainer's default (False) exempts biases and norm weights. The paper presets set it."},
     )
+    cpu_bf16: str = field(
+        default="false",
+        metadata={"help": "bf16 mixed precision when training on the CPU: 'auto' where the CPU has amx_bf16 or avx512_bf16 "
+                  "(elsewhere bf16 is emulated and far slower than fp32), 'true' always, 'false' never (icot_hf.precision). "
+                  "On a GPU, use bf16 as usual."},
+    )
     generation_batch_size: int = field(default=64, metadata={"help": "Batch size of generation-based evaluation."})
     use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters on the base causal LM(s) instead of all their weights."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
@@ -47,6 +53,13 @@ class ICoTTrainingArguments(TrainingArguments):
     lora_target_modules: str = field(default="all-linear", metadata={"help": "Modules to adapt: 'all-linear' or comma-separated names."})
 
     def __post_init__(self):
+        from ..precision import use_cpu_bf16
+
+        import torch
+
+        on_cpu = self.use_cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available())
+        if on_cpu and not self.bf16 and use_cpu_bf16(self.cpu_bf16):
+            self.bf16 = True
         super().__post_init__()
         if self.eval_exact_match_samples < 0:
             raise ValueError(f"eval_exact_match_samples must be >= 0, got {self.eval_exact_match_samples}")
