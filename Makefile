@@ -28,8 +28,9 @@ install-deepspeed: install
 reproduce: install
 	TASK=$(TASK) PRESET=$(PRESET) METHODS="$(METHODS)" TEST_FILE=$(TEST_FILE) bash scripts/reproduce.sh
 
-## Unit tests and small learning checks (offline)
+## The linter (ruff), then unit tests and small learning checks (offline)
 test: install
+	$(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
 
 ## The tests not marked slow

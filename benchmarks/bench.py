@@ -265,7 +265,6 @@ def bench_training(tokenizer, models, rows, args) -> dict:
         reset_peak_memory()
         seconds = median_seconds(step, args.repeats)
         out[name] = {"samples_per_second": args.train_batch_size / seconds, "step_ms": 1000 * seconds, "peak_memory_mb": peak_memory_mb()}
-        del optimizer
     return out
 
 

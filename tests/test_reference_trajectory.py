@@ -26,7 +26,6 @@ up to 9% by step 105.
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
