@@ -11,7 +11,7 @@ models (the one source of randomness the two runs cannot share); that dropout is
 reference has it on is a settings check here (`disable_dropout`), and the parity test covers the
 forward passes.
 
-Tolerances, float32 CPU (measured on this fixture; the README's "Reproduce the paper's numbers"
+Tolerances, float32 CPU (measured on this fixture; docs/paper.md's "Reproduce the paper's numbers"
 quotes each stage): the loss of every step within 2e-6 relative (largest seen 3.3e-7), and each
 final weight tensor within 5e-3 of how far it moved, ||ours - theirs|| / ||theirs - initial||
 (largest seen 7e-4). AdamW divides each gradient by its own running scale, so a parameter whose
