@@ -1,4 +1,4 @@
-"""Push a trained stage (teacher, no_cot, student, emulator, implicit) to the Hub with its card.
+"""Push a trained stage (teacher, no_cot, student, emulator, implicit, stepwise) to the Hub with its card.
 
     python recipes/push.py --folder outputs/4x4_mult/coupled --repo_id you/icot-4x4-implicit \
         --stage implicit --task "4x4 multiplication" [--results results/4x4_mult/results.json]
@@ -15,7 +15,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folder", required=True)
     parser.add_argument("--repo_id", required=True)
-    parser.add_argument("--stage", required=True, choices=["teacher", "no_cot", "student", "emulator", "implicit"])
+    parser.add_argument("--stage", required=True, choices=["teacher", "no_cot", "student", "emulator", "implicit", "stepwise"])
     parser.add_argument("--task", required=True)
     parser.add_argument("--base_model", default=None)
     parser.add_argument("--dataset", default=None)

@@ -101,3 +101,39 @@ def test_dataset_script_push_offline_is_one_line_after_saving(tmp_path):
                             capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-1500:]
     assert "could not push to the Hub repo me/icot-2x2" in result.stderr and (out / "dataset_dict.json").is_file()
+
+
+def test_trainer_card_and_push_take_the_one_publishing_path(tmp_path, monkeypatch, tokenizer):
+    """`trainer.create_model_card` renders icot_hf's card (stage, base model, dataset, results,
+    both papers' citations); `trainer.push_to_hub` uploads through `push_folder`: the card from
+    memory, never training_args.bin or checkpoints."""
+    import huggingface_hub
+    from transformers import AutoModelForCausalLM
+
+    from conftest import multiplication_dataset, tiny_config
+    from icot_hf import TeacherConfig, TeacherTrainer
+
+    base = tmp_path / "tiny-base"
+    AutoModelForCausalLM.from_config(tiny_config("gpt2", tokenizer, layers=1)).save_pretrained(base)
+    data = multiplication_dataset(2, 32, seed=1)
+    args = TeacherConfig(output_dir=str(tmp_path / "teacher"), max_steps=2, per_device_train_batch_size=8, eval_strategy="steps",
+                         eval_steps=2, save_strategy="no", report_to="none", use_cpu=True, hub_model_id="me/icot-2x2-teacher")
+    trainer = TeacherTrainer(model=str(base), args=args, train_dataset=data, eval_dataset=data.select(range(8)), processing_class=tokenizer)
+    trainer.train()
+    trainer.save_model()
+    trainer.create_model_card(dataset_name="2x2 multiplication")
+    card = (tmp_path / "teacher" / "README.md").read_text()
+    for expected in ("- icot-teacher", "Stage: teacher", f"Base model: {base}", "2x2 multiplication", "eval_loss",
+                     "deng2023implicit", "deng2024explicit", "TeacherTrainer, 2 steps"):
+        assert expected in card, expected
+    assert "https://github.com/" not in card
+
+    api = FakeApi()
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda: api)
+    (tmp_path / "teacher" / "checkpoint-1").mkdir()
+    trainer.push_to_hub(dataset_name="2x2 multiplication")
+    uploaded = dict((c[0], c[1:]) for c in api.calls)
+    assert api.calls[0] == ("create_repo", "me/icot-2x2-teacher")
+    sent = uploaded["upload_folder"][0]
+    assert "model.safetensors" in sent and "training_args.bin" not in sent and not any(f.startswith("checkpoint-") for f in sent)
+    assert uploaded["upload_file"][0] == "README.md" and b"Stage: teacher" in uploaded["upload_file"][1]

@@ -1,6 +1,6 @@
 """Model and dataset cards, and pushing artefacts to the Hugging Face Hub.
 
-Cards are rendered from the templates in the repository's `model_cards/` folder (method,
+Cards are rendered from the templates in the package's `model_cards/` folder (method,
 task, base model, training config, results, citation, how to load). Pushing uses the real
 `huggingface_hub` API; when the Hub cannot be reached the error says so in one line and
 nothing local is touched (we only read local folders here).
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-TEMPLATES = Path(os.environ.get("ICOT_MODEL_CARDS", Path(__file__).resolve().parents[2] / "model_cards"))
+TEMPLATES = Path(os.environ.get("ICOT_MODEL_CARDS", Path(__file__).resolve().parent / "model_cards"))  # package data
 
 STAGES = {
     "teacher": ("Explicit-CoT teacher", "A causal LM that writes its chain of thought (`input S cot S answer S`) before the answer.",
@@ -22,6 +22,8 @@ STAGES = {
                 "import icot_hf  # or trust_remote_code=True without icot_hf installed\nfrom transformers import AutoModel\nstudent = AutoModel.from_pretrained(\"{repo_id}\")"),
     "emulator": ("Thought emulator", "Predicts a CoT teacher's per-layer hidden states from the question alone.",
                  "import icot_hf  # or trust_remote_code=True without icot_hf installed\nfrom transformers import AutoModel\nemulator = AutoModel.from_pretrained(\"{repo_id}\")"),
+    "stepwise": ("Implicit-CoT model (stepwise internalization, ICoT-SI)", "A causal LM trained while its chain of thought was removed step by step; it answers with the CoT that remains (none once fully removed). A model trained with keep_positions records icot_position_gap: answer with icot_hf.evaluation.ExplicitCoTAnswerer.",
+                 "from transformers import AutoModelForCausalLM, AutoTokenizer\nfrom icot_hf.evaluation import ExplicitCoTAnswerer\nmodel = AutoModelForCausalLM.from_pretrained(\"{repo_id}\")\ntokenizer = AutoTokenizer.from_pretrained(\"{repo_id}\")"),
     "implicit": ("Implicit-CoT model (emulator + student)", "Answers multi-step problems with no chain of thought: the emulator predicts the teacher's states, the student answers from them.",
                  "import icot_hf  # or trust_remote_code=True without icot_hf installed\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\nmodel = AutoModelForCausalLM.from_pretrained(\"{repo_id}\")\ntokenizer = AutoTokenizer.from_pretrained(\"{repo_id}\")\nprint(model.answer([\"1 2 3 4 * 5 6 7 8\"], tokenizer))"),
 }
@@ -107,12 +109,15 @@ def _push(action, repo_id: str, local: str | None = None):
         raise HubUnavailableError(f"could not push to the Hub repo {repo_id}: {reason}{kept}") from None
 
 
-def push_folder(folder: str, repo_id: str, stage: str, task: str, **card_kwargs) -> str:
-    """Upload `folder` (less NOT_UPLOADED) with the model card as its README.md. The folder is
-    only read: the card goes up from memory."""
+def push_folder(folder: str, repo_id: str, stage: str | None = None, task: str | None = None, card: str | None = None,
+                **card_kwargs) -> str:
+    """Upload `folder` (less NOT_UPLOADED) with the model card as its README.md: `card`, or one
+    rendered for `stage` and `task`. The folder is only read: the card goes up from memory. The one
+    publishing path: `recipes/push.py` and every trainer's `push_to_hub` come here."""
     from huggingface_hub import HfApi
 
-    card = render_model_card(stage, repo_id, task, **card_kwargs)
+    if card is None:
+        card = render_model_card(stage, repo_id, task, **card_kwargs)
     api = HfApi()
 
     def upload():

@@ -28,6 +28,7 @@ class CoupledTrainer(ICoTTrainer):
 
     config_class = CoupledConfig
     stage_name = "coupled"
+    card_stage = "implicit"
 
     def __init__(self, *args, student_model=None, emulator_model=None, **kwargs):
         kwargs = named_arguments(args, kwargs)

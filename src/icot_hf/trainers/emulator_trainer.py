@@ -23,6 +23,7 @@ class ThoughtEmulationTrainer(FrozenTeacherMixin, ICoTTrainer):
 
     config_class = ThoughtEmulationConfig
     stage_name = "emulator"
+    card_stage = "emulator"
 
     def __init__(self, *args, teacher_model=None, teacher_model_init_kwargs: dict | None = None, teacher=None, **kwargs):
         self.take_teacher(teacher_model, teacher, teacher_model_init_kwargs)

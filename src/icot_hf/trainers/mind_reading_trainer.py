@@ -31,6 +31,7 @@ class MindReadingTrainer(FrozenTeacherMixin, ICoTTrainer):
 
     config_class = MindReadingConfig
     stage_name = "mind-reading"
+    card_stage = "student"
 
     def __init__(self, *args, teacher_model=None, teacher_model_init_kwargs: dict | None = None, teacher=None, **kwargs):
         self.take_teacher(teacher_model, teacher, teacher_model_init_kwargs)

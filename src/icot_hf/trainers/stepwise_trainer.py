@@ -155,6 +155,7 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
 
     config_class = StepwiseInternalizationConfig
     stage_name = "stepwise"
+    card_stage = "stepwise"
 
     def __init__(self, *args, pad_token_id: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)

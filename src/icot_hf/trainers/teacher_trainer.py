@@ -33,6 +33,10 @@ class TeacherTrainer(ICoTTrainer):
     def views(self, training_args):
         return ("explicit", "implicit") if training_args.view == "explicit" else ("implicit",)
 
+    @property
+    def card_stage(self) -> str:
+        return "teacher" if self.args.view == "explicit" else "no_cot"
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         view = self.args.view
         loss, outputs = self.causal_lm_loss(model, inputs[f"{view}_labels"], input_ids=inputs[f"{view}_input_ids"],
