@@ -157,6 +157,9 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
     stage_name = "stepwise"
     card_stage = "stepwise"
 
+    def views(self, training_args):
+        return ("explicit",)  # removal cuts the explicit view; prompts for exact match come from it too
+
     def __init__(self, *args, pad_token_id: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if self.args.removal_schedule == "gated" and self.eval_dataset is None:
