@@ -20,6 +20,7 @@ STAGE_CONFIGS = {
     "emulator": ThoughtEmulationConfig, "couple": CoupledConfig, "stepwise": StepwiseInternalizationConfig,
 }
 CONFIG_ROOT = REPO / "recipes" / "configs"
+EXPERIMENT_ROOT = REPO / "experiments" / "configs"  # the runs that decided the presets: they must still launch
 
 
 def stage_of(path: Path) -> str | None:
@@ -27,8 +28,8 @@ def stage_of(path: Path) -> str | None:
     return next((stage for stage in STAGE_CONFIGS if path.stem == stage or path.stem.startswith(stage + "_")), None)
 
 
-STAGE_FILES = sorted(p for p in CONFIG_ROOT.rglob("*.yaml") if stage_of(p))
-SCRIPT_FILES = sorted(p for p in CONFIG_ROOT.rglob("*.yaml") if p.stem in ("data", "tokenizer"))
+STAGE_FILES = sorted(p for root in (CONFIG_ROOT, EXPERIMENT_ROOT) for p in root.rglob("*.yaml") if stage_of(p))
+SCRIPT_FILES = sorted(p for root in (CONFIG_ROOT, EXPERIMENT_ROOT) for p in root.rglob("*.yaml") if p.stem in ("data", "tokenizer"))
 
 
 def test_every_task_has_cpu_and_paper_presets():
@@ -37,7 +38,7 @@ def test_every_task_has_cpu_and_paper_presets():
             assert {"data", "teacher", "no_cot", "mind_reading", "emulator", "couple"} <= {p.stem for p in folder.glob("*.yaml")}, folder
 
 
-@pytest.mark.parametrize("path", STAGE_FILES, ids=lambda p: str(p.relative_to(CONFIG_ROOT)))
+@pytest.mark.parametrize("path", STAGE_FILES, ids=lambda p: str(p.relative_to(REPO)))
 def test_stage_config_parses(path, tmp_path):
     # bf16 is checked against the hardware when the arguments are built: off for this CPU check.
     script_args, training_args = parse_args(ScriptArguments, STAGE_CONFIGS[stage_of(path)], argv=["--config", str(path), "--output_dir", str(tmp_path), "--bf16", "false"])
@@ -57,7 +58,7 @@ def test_stage_config_parses(path, tmp_path):
             assert training_args.load_best_model_at_end and training_args.save_strategy == training_args.eval_strategy == "epoch"
 
 
-@pytest.mark.parametrize("path", SCRIPT_FILES, ids=lambda p: str(p.relative_to(CONFIG_ROOT)))
+@pytest.mark.parametrize("path", SCRIPT_FILES, ids=lambda p: str(p.relative_to(REPO)))
 def test_script_config_names_real_options(path):
     values = yaml.safe_load(path.read_text())
     script = values.pop("script", "make_multiplication" if path.stem == "data" else "train_tokenizer")
