@@ -22,12 +22,14 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, HfArgu
 from transformers.trainer_utils import get_last_checkpoint
 
 from .curves import write_learning_curve
-from .data import SEQUENCE_FORMATS, ICoTCollator, load_icot_dataset, model_context_length, tokenize_dataset, without_empty_cot
+from .data import SEQUENCE_FORMATS, load_icot_dataset, tokenize_dataset, without_empty_cot
 from .precision import precision_of
 from .run_record import CHECKPOINTS_FILE, record_checkpoint, written_by_this_run
 from .run_record import begin_run as begin_run_record
 from .run_record import finish_run  # noqa: F401
 from .tokenization import build_digit_tokenizer, separator_token_id
+from .trainers.inputs import context_length as context_length_of  # noqa: F401 (the recipes' name)
+from .trainers.inputs import default_collator as collator_for  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -270,11 +272,6 @@ def load_splits(script_args: ScriptArguments, tokenizer, views, context_length: 
     return train, evaluation
 
 
-def collator_for(tokenizer, views):
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return ICoTCollator(pad, views=views)
-
-
 def attach_state_cache(train, teacher, tokenizer, views, training_args, script_args):
     """With `teacher_state_cache` set, `train` with the teacher's states as a column (the teacher
     then runs once over the split, not every step); else `train` as it is. Rank 0 builds the
@@ -335,12 +332,6 @@ class RecordCheckpoints(TrainerCallback):
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if checkpoint.is_dir():
                 record_checkpoint(Path(args.output_dir), checkpoint)
-
-
-def context_length_of(model) -> int | None:
-    config = getattr(model, "config", None)
-    base = getattr(config, "base_config", None)
-    return model_context_length(base if base is not None else config)
 
 
 def record_sequence_format(model, script_args: ScriptArguments) -> None:
