@@ -9,9 +9,15 @@
 Accuracy is measured at the largest batch size over the whole set; throughput at each
 batch size (batch 1 on the first --max_examples_batch1 examples, to bound the time).
 Writes results.json, results.md and accuracy_vs_throughput.png to --output_dir.
+
+--frontier_dir (an ICoT-SI run's frontier/ folder, written with save_frontier_points) adds the
+accuracy-against-CoT-length frontier: every model saved at the end of a removal stage answers
+each set, writing the CoT it has left and then the answer; results.json gets `frontier`, and
+frontier.png plots exact match against CoT tokens generated beside the other methods.
 """
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +43,10 @@ class EvalArguments:
     teacher_model: str | None = field(default=None, metadata={"help": "Explicit-CoT teacher folder or Hub id."})
     implicit_model: str | None = field(default=None, metadata={"help": "ImplicitCoTForCausalLM folder or Hub id."})
     stepwise_model: str | None = field(default=None, metadata={"help": "Stepwise-internalization (ICoT-SI) model folder or Hub id: a plain causal LM."})
+    frontier_dir: str | None = field(default=None, metadata={"help": "An ICoT-SI run's frontier/ folder (save_frontier_points): "
+                                                             "evaluate the model saved at each removal stage's end."})
+    frontier_batch1_examples: int = field(default=64, metadata={"help": "Examples timed at batch size 1 for each frontier point "
+                                                                "(on the first test file, else the split)."})
     batch_sizes: list[int] = field(default_factory=lambda: [1, 64], metadata={"help": "Batch sizes to time."})
     max_examples: int | None = field(default=None, metadata={"help": "Evaluate only the first N examples of each set."})
     max_examples_batch1: int = field(default=200, metadata={"help": "Examples timed at batch size 1."})
@@ -62,11 +72,19 @@ def evaluation_sets(args: EvalArguments) -> dict[str, tuple[list[str], list[str]
     return sets
 
 
+def _device(args: EvalArguments) -> torch.device:
+    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _load(model_class, path, device):
+    return model_class.from_pretrained(path).to(device).eval(), AutoTokenizer.from_pretrained(path)
+
+
 def load_answerers(args: EvalArguments) -> dict:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _device(args)
 
     def load(model_class, path):
-        return model_class.from_pretrained(path).to(device).eval(), AutoTokenizer.from_pretrained(path)
+        return _load(model_class, path, device)
 
     # Check every folder's kind before loading any, so a swapped path fails at once, by name.
     for flag, path, implicit in (("--no_cot_model", args.no_cot_model, False), ("--teacher_model", args.teacher_model, False),
@@ -98,6 +116,45 @@ def load_answerers(args: EvalArguments) -> dict:
     if not answerers:
         raise ValueError("no model to evaluate: give --no_cot_model, --teacher_model, --implicit_model and/or --stepwise_model")
     return answerers
+
+
+def frontier_points(frontier_dir: str) -> list[dict]:
+    """The points an ICoT-SI run listed in its frontier index (only its own, in step order)."""
+    index = Path(frontier_dir) / "index.json"
+    if not index.is_file():
+        raise SystemExit(f"evaluate_models: --frontier_dir {frontier_dir}: no index.json (train ICoT-SI with save_frontier_points: true)")
+    points = json.loads(index.read_text())["points"]
+    missing = [p["model_dir"] for p in points if not (Path(frontier_dir) / p["model_dir"]).is_dir()]
+    if missing:
+        raise SystemExit(f"evaluate_models: --frontier_dir {frontier_dir}: index.json lists {', '.join(missing)}, which are not there")
+    return points
+
+
+def evaluate_frontier(args: EvalArguments, sets: dict) -> list[dict]:
+    """Each frontier point answers every set (exact match at the largest batch size, CoT tokens
+    it writes per answer) and the primary set (the first test file, else the split) at batch 1."""
+    primary = next((name for name in sets if name in args.test_files), next(iter(sets)))
+    largest, device, results = max(args.batch_sizes), _device(args), []
+    for point in frontier_points(args.frontier_dir):
+        folder = Path(args.frontier_dir) / point["model_dir"]
+        answerer = ExplicitCoTAnswerer(*_load(AutoModelForCausalLM, folder, device))
+        entry = {"model_dir": str(folder), "cot_tokens_removed": point["cot_tokens_removed"], "cot_tokens_total": point["cot_tokens_total"],
+                 "step": point["step"], "examples_seen": point["examples_seen"], "stage_ended_by": point["reason"], "by_set": {}}
+        for set_name, (questions, references) in sets.items():
+            run = evaluate_answerer(answerer, questions, references, largest, description=f"{point['model_dir']} bs={largest}",
+                                    max_examples=args.max_examples)
+            entry["by_set"][set_name] = {"exact_match": run["accuracy"], "cot_tokens_generated": run["cot_tokens_generated"],
+                                         "num_examples": run["num_examples"]}
+        questions, references = sets[primary]
+        single = evaluate_answerer(answerer, questions, references, 1, description=f"{point['model_dir']} bs=1",
+                                   max_examples=min(args.max_examples or 10**9, args.frontier_batch1_examples))
+        entry |= {"exact_match": entry["by_set"][primary]["exact_match"], "cot_tokens_generated": entry["by_set"][primary]["cot_tokens_generated"],
+                  "examples_per_second_batch1": single["examples_per_second"], "primary_set": primary}
+        logger.info("frontier %s: exact match %s, %.1f CoT tokens, %.1f examples/s at batch 1", point["model_dir"],
+                    ", ".join(f"{v['exact_match']:.3f}" for v in entry["by_set"].values()), entry["cot_tokens_generated"],
+                    entry["examples_per_second_batch1"])
+        results.append(entry)
+    return results
 
 
 def read_stage_seconds(path: Path) -> dict[str, int]:
@@ -141,9 +198,12 @@ def main():
                 run = evaluate_answerer(answerer, questions, references, batch_size, description=f"{method} bs={batch_size}", max_examples=limit)
                 entry["throughput"][str(batch_size)] = run["examples_per_second"]
                 if batch_size == largest:
-                    entry.update(accuracy=run["accuracy"], num_examples=run["num_examples"], sample_predictions=run["predictions"][:5])
+                    entry.update(accuracy=run["accuracy"], num_examples=run["num_examples"], sample_predictions=run["predictions"][:5],
+                                 cot_tokens_generated=run["cot_tokens_generated"])
                 logger.info("%s | %s | batch %d: exact match %.3f, %.1f examples/s", set_name, method, batch_size, run["accuracy"], run["examples_per_second"])
             per_method[method] = entry
+    if args.frontier_dir:
+        results["frontier"] = evaluate_frontier(args, sets)
     stage_times = read_stage_seconds(Path(args.output_dir) / "stage_seconds.txt")
     if stage_times:
         results["stage_wall_seconds"] = stage_times

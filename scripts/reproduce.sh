@@ -143,7 +143,8 @@ else
   stepwise_lane
 fi
 
-# 5. evaluation
+# 5. evaluation (with ICoT-SI's frontier when its run saved one: save_frontier_points)
+if wants stepwise && [ -f "$OUT/stepwise/frontier/index.json" ]; then models+=(--frontier_dir "$OUT/stepwise/frontier"); fi
 tests=()
 [ -n "$TEST_FILE" ] && tests=(--test_files "$TEST_FILE")
 timed evaluate "$PY" "$REPO/recipes/evaluate_models.py" --task "$TASK" --dataset_name_or_path "$DATA" --split test "${tests[@]}" \

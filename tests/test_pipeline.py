@@ -46,10 +46,14 @@ def test_reproduce_pipeline_end_to_end(tmp_path):
     assert [p["step"] for p in stepwise["evaluations"]][:2] == [10, 20] and stepwise["examples_per_step"] == 32
     assert stepwise["advances"] and all(a["reason"] in ("gate", "cap") for a in stepwise["advances"])
     assert stepwise["gate_checks"][0]["step"] == 2
-    # keep_positions: the saved model records the positions its removed CoT skips (a 2x2 CoT is 8
-    # tokens; 4 go per stage, from stage 1), and the evaluation above generated with them.
-    gap = json.loads((tmp_path / "outputs" / "tiny" / "stepwise" / "config.json").read_text())["icot_position_gap"]
-    assert gap in (4, 8)
+    # keep_positions: the saved model applies the positions its removed CoT skips itself (a 2x2 CoT
+    # is 8 tokens; 4 go per stage, from stage 1), and the evaluation above generated with them.
+    saved = json.loads((tmp_path / "outputs" / "tiny" / "stepwise" / "config.json").read_text())
+    assert saved["model_type"] == "icot_stepwise" and saved["position_gap"] in (4, 8)
+    # save_frontier_points: the model at each stage's end was evaluated into the frontier
+    frontier = results["frontier"]
+    assert frontier and frontier[0]["cot_tokens_removed"] == 4 and all(p["cot_tokens_total"] == 8 for p in frontier)
+    assert (tmp_path / "results" / "tiny" / "frontier.png").stat().st_size > 1000
     assert (tmp_path / "results" / "tiny" / "learning_curves.png").stat().st_size > 1000
     assert "### ICoT-SI" in (tmp_path / "results" / "tiny" / "learning_curves.md").read_text()
     config = json.loads((tmp_path / "outputs" / "tiny" / "coupled" / "config.json").read_text())

@@ -35,6 +35,7 @@ def test_flags_read_and_bad_choice(tmp_path, monkeypatch):
 
 
 def test_the_marker_records_the_precision_trained_in(tmp_path):
+    """Without --use_cpu (as the presets run): bf16 on the CPU must still be accepted by the Trainer."""
     data = tmp_path / "data"
     subprocess.run([sys.executable, str(REPO / "dataset_scripts" / "make_multiplication.py"), "--digits", "2", "--train_size", "32",
                     "--valid_size", "8", "--test_size", "8", "--output_dir", str(data)], check=True, capture_output=True)
@@ -43,7 +44,7 @@ def test_the_marker_records_the_precision_trained_in(tmp_path):
         out = tmp_path / f"teacher_{choice}"
         run = subprocess.run([sys.executable, str(REPO / "recipes" / "teacher.py"), "--dataset_name_or_path", str(data), "--output_dir", str(out),
                               "--model_config", "{model_type: gpt2, n_layer: 1, n_embd: 16, n_head: 2, n_positions: 64}", "--max_steps", "2",
-                              "--per_device_train_batch_size", "4", "--save_strategy", "no", "--use_cpu", "true", "--cpu_bf16", choice],
+                              "--per_device_train_batch_size", "4", "--save_strategy", "no", "--cpu_bf16", choice],
                              capture_output=True, text=True, env=env)
         assert run.returncode == 0, run.stderr[-2000:]
         marker = json.loads((out / "training_complete.json").read_text())

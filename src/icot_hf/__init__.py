@@ -2,8 +2,9 @@
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from .configuration_icot import ImplicitCoTConfig, ImplicitCoTEmulatorConfig, ImplicitCoTStudentConfig
+from .configuration_icot import ImplicitCoTConfig, ImplicitCoTEmulatorConfig, ImplicitCoTStepwiseConfig, ImplicitCoTStudentConfig
 from .modeling_icot import ImplicitCoTEmulator, ImplicitCoTForCausalLM, ImplicitCoTStudent
+from .modeling_stepwise import ImplicitCoTStepwiseForCausalLM
 from .tokenization import build_digit_tokenizer
 
 __version__ = "0.1.0"
@@ -14,6 +15,7 @@ def _register_auto_classes() -> None:
         (ImplicitCoTStudentConfig, ImplicitCoTStudent, AutoModel, "AutoModel"),
         (ImplicitCoTEmulatorConfig, ImplicitCoTEmulator, AutoModel, "AutoModel"),
         (ImplicitCoTConfig, ImplicitCoTForCausalLM, AutoModelForCausalLM, "AutoModelForCausalLM"),
+        (ImplicitCoTStepwiseConfig, ImplicitCoTStepwiseForCausalLM, AutoModelForCausalLM, "AutoModelForCausalLM"),
     ]
     for config_class, model_class, auto_model, auto_name in pairs:
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
@@ -47,6 +49,8 @@ __all__ = [
     *sorted(_LAZY),
     "ImplicitCoTConfig",
     "ImplicitCoTEmulatorConfig",
+    "ImplicitCoTStepwiseConfig",
+    "ImplicitCoTStepwiseForCausalLM",
     "ImplicitCoTStudentConfig",
     "ImplicitCoTEmulator",
     "ImplicitCoTForCausalLM",

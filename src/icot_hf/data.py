@@ -487,6 +487,11 @@ def tokenize_dataset(
 
 
 def model_context_length(config) -> int | None:
+    """Tokens a model's positions cover. A wrapper's (an ICoT-SI model with kept positions) is its
+    base LM's less the positions its skipped chain of thought takes."""
+    if getattr(config, "model_type", None) == "icot_stepwise":
+        inner = model_context_length(config.base_config)
+        return None if inner is None else inner - int(config.position_gap)
     for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
         value = getattr(config, name, None)
         if isinstance(value, int) and value > 0:

@@ -43,10 +43,13 @@ def _device(model) -> torch.device:
 
 
 class ExplicitCoTAnswerer:
-    """The teacher: generates `cot S answer S` after each prompt and keeps the answer."""
+    """The teacher: generates `cot S answer S` after each prompt and keeps the answer. It also
+    counts the CoT tokens each answer took (`cot_lengths`): a partly internalised ICoT-SI model
+    writes fewer of them, which is what makes it faster."""
 
     def __init__(self, model, tokenizer, separator_token: str | None = None, max_new_tokens: int = 256, num_beams: int = 1):
         self.model, self.tokenizer = model.eval(), tokenizer
+        self.cot_lengths: list[int] = []
         self.separator_id = separator_token_id(tokenizer, separator_token)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.separator_id
         self.max_new_tokens, self.num_beams = max_new_tokens, num_beams
@@ -58,6 +61,7 @@ class ExplicitCoTAnswerer:
         gap = getattr(self.model.config, "icot_position_gap", 0) or 0
         out = generate_explicit(self.model, **batch, separator_id=self.separator_id, pad_token_id=self.pad_id, max_new_tokens=self.max_new_tokens,
                                 num_beams=self.num_beams, position_gap=gap)
+        self.cot_lengths.extend(len(row) for row in out["cot"])
         return _decode(self.tokenizer, out["answer"])
 
 
@@ -101,6 +105,8 @@ def evaluate_answerer(
     for start in range(0, min(warmup_batches * batch_size, len(questions)), batch_size):
         answerer(questions[start : start + batch_size])
     predictions: list[str] = []
+    if hasattr(answerer, "cot_lengths"):
+        answerer.cot_lengths = []  # count the timed answers only
     started = time.perf_counter()
     for start in tqdm(range(0, len(questions), batch_size), desc=description, leave=False):
         predictions.extend(answerer(questions[start : start + batch_size]))
@@ -113,4 +119,6 @@ def evaluate_answerer(
         "batch_size": batch_size,
         "num_examples": len(questions),
         "predictions": predictions,
+        # mean CoT tokens generated per answer (0 for answerers that write none)
+        "cot_tokens_generated": sum(getattr(answerer, "cot_lengths", [])) / len(questions),
     }

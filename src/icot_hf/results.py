@@ -1,5 +1,6 @@
-"""Results of a reproduction run: JSON, a Markdown table in the paper's form, and a plot
-of accuracy against throughput (the paper's trade-off, one point per method)."""
+"""Results of a reproduction run: JSON, a Markdown table in the paper's form, a plot of
+accuracy against throughput (the paper's trade-off, one point per method) and, when ICoT-SI
+saved its stages, the frontier: exact match against the CoT tokens a model still writes."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ def markdown_table(results: dict) -> str:
             row.append(f"{mine / explicit:.2f}x" if mine and explicit else "-")
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+    if results.get("frontier"):
+        lines += frontier_table(results)
     if results.get("stage_wall_seconds"):
         lines += ["## Wall time per stage (make reproduce)", "", "| Stage | Minutes |", "|---|---|"]
         lines += [f"| {name} | {seconds / 60:.1f} |" for name, seconds in results["stage_wall_seconds"].items()]
@@ -44,6 +47,61 @@ def markdown_table(results: dict) -> str:
     if results.get("notes"):
         lines.append(results["notes"])
     return "\n".join(lines) + "\n"
+
+
+def frontier_table(results: dict) -> list[str]:
+    """ICoT-SI's models at the end of each removal stage: what they still write, how often they
+    are right, and how fast they answer against the teacher (batch 1, the primary set)."""
+    points = results["frontier"]
+    primary = points[0]["primary_set"]
+    teacher = results["evaluations"].get(primary, {}).get("explicit_cot", {})
+    teacher_speed, teacher_cot = teacher.get("throughput", {}).get("1"), teacher.get("cot_tokens_generated")
+    set_names = list(points[0]["by_set"])
+    lines = ["## Frontier: ICoT-SI at the end of each removal stage", "",
+             f"Each row is the model saved when a stage ended (its gate passed, or its step cap was hit); it writes the CoT "
+             f"it has left, then the answer. CoT tokens: mean generated per answer on {Path(primary).name}"
+             + (f" (the teacher writes {teacher_cot:.1f})" if teacher_cot else "") + "; examples/s at batch 1 on that set.", ""]
+    header = ["CoT tokens removed", "CoT tokens generated"] + [f"Exact match ({Path(n).name})" for n in set_names] + \
+             ["Examples/s (batch 1)", "vs teacher", "Examples seen", "Stage ended by"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for p in points:
+        row = [f"{p['cot_tokens_removed']} / {p['cot_tokens_total']}", f"{p['cot_tokens_generated']:.1f}"]
+        row += [f"{100 * p['by_set'][n]['exact_match']:.1f}%" for n in set_names]
+        speed = p["examples_per_second_batch1"]
+        row += [f"{speed:.1f}", f"{speed / teacher_speed:.2f}x" if teacher_speed else "-", f"{p['examples_seen']:,}", p["stage_ended_by"]]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines + [""]
+
+
+def plot_frontier(results: dict, path: str | os.PathLike) -> None:
+    """Exact match against CoT tokens generated: the ICoT-SI stages as a line, the other
+    methods as points (no-CoT and ICoT-KD write none; the teacher writes all)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = results["frontier"]
+    set_names = list(points[0]["by_set"])
+    fig, axes = plt.subplots(1, len(set_names), figsize=(5 * len(set_names), 4), squeeze=False)
+    for ax, set_name in zip(axes[0], set_names):
+        xs = [p["by_set"][set_name]["cot_tokens_generated"] for p in points]
+        ys = [100 * p["by_set"][set_name]["exact_match"] for p in points]
+        ax.plot(xs, ys, "o-", label="ICoT-SI, end of each stage")
+        for key, entry in results["evaluations"].get(set_name, {}).items():
+            if key == "stepwise_cot":
+                continue  # the final ICoT-SI model is the frontier's last point
+            ax.scatter(entry.get("cot_tokens_generated", 0.0), 100 * entry["accuracy"], s=70, marker="s", label=METHOD_NAMES.get(key, key))
+        ax.set_xlabel("CoT tokens generated per answer")
+        ax.set_ylabel("exact match (%)")
+        ax.set_ylim(-5, 105)
+        ax.set_title("/".join(Path(set_name).parts[-2:]) if "/" in set_name else set_name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"{results.get('task', '')}: accuracy against chain-of-thought length")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def two_lane_wall_seconds(times: dict[str, int]) -> int:
@@ -92,4 +150,7 @@ def write_results(results: dict, output_dir: str | os.PathLike) -> dict[str, Pat
     paths["json"].write_text(json.dumps(results, indent=2))
     paths["markdown"].write_text(markdown_table(results))
     plot_accuracy_vs_throughput(results, paths["plot"])
+    if results.get("frontier"):
+        paths["frontier_plot"] = output_dir / "frontier.png"
+        plot_frontier(results, paths["frontier_plot"])
     return paths

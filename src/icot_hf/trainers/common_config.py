@@ -59,7 +59,8 @@ class ICoTTrainingArguments(TrainingArguments):
 
         on_cpu = self.use_cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available())
         if on_cpu and not self.bf16 and use_cpu_bf16(self.cpu_bf16):
-            self.bf16 = True
+            # the Trainer accepts bf16 without a GPU only when told the run is on the CPU
+            self.bf16, self.use_cpu = True, True
         super().__post_init__()
         if self.eval_exact_match_samples < 0:
             raise ValueError(f"eval_exact_match_samples must be >= 0, got {self.eval_exact_match_samples}")

@@ -62,6 +62,13 @@ class StepwiseInternalizationConfig(ICoTTrainingArguments):
         metadata={"help": "Keep the evaluation with the best validation exact match among those with the CoT fully removed, "
                   "and end training with that model (the reference keeps its best epoch); a tie goes to the lower validation loss."},
     )
+    save_frontier_points: bool = field(
+        default=False,
+        metadata={"help": "gated: save the model at the end of every removal stage (gate passed or cap hit) under "
+                  "<output_dir>/frontier/removed-NNN, with the position gap it answers with, and list the points of this run "
+                  "in frontier/index.json: models that still write part of their chain of thought, each a point on the "
+                  "accuracy-against-CoT-length frontier (recipes/evaluate_models.py --frontier_dir evaluates them)."},
+    )
     max_new_tokens: int = field(default=256, metadata={"help": "Generation budget for exact-match eval."})
 
     def __post_init__(self):
@@ -82,6 +89,8 @@ class StepwiseInternalizationConfig(ICoTTrainingArguments):
             raise ValueError(f"gate_metric must be one of {GATE_METRICS}, got {self.gate_metric!r}")
         if not 0.0 < self.gate_threshold <= 1.0:
             raise ValueError(f"gate_threshold must be in (0, 1], got {self.gate_threshold}")
+        if self.save_frontier_points and self.removal_schedule != "gated":
+            raise ValueError("save_frontier_points saves a model at each gated stage's end: set removal_schedule: gated")
         for name in ("gate_every_steps", "gate_samples", "max_stage_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

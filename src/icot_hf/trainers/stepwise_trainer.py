@@ -28,9 +28,11 @@ import shutil
 
 import numpy as np
 import torch
-from transformers import TrainerCallback
+from transformers import PreTrainedModel, TrainerCallback
+from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_callback import ExportableState
 
+from ..modeling_stepwise import ImplicitCoTStepwiseForCausalLM
 from ..teacher import generate_explicit
 from .base import ICoTTrainer
 from .stepwise_config import StepwiseInternalizationConfig
@@ -38,6 +40,8 @@ from .teacher_trainer import implicit_prompts
 
 logger = logging.getLogger(__name__)
 BEST_DIR = "best_fully_removed"
+FRONTIER_DIR = "frontier"
+FRONTIER_INDEX = "index.json"
 
 
 def schedule_stage(global_step: int, steps_per_epoch: int, args: StepwiseInternalizationConfig) -> int:
@@ -287,10 +291,66 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
         if passed or capped:
             schedule.advances.append({"step": step, "from_stage": schedule.stage, "removed_tokens": schedule.stage * self.args.remove_per_stage,
                                       "steps_in_stage": in_stage, "reason": "gate" if passed else "cap", self.args.gate_metric: value})
+            if self.args.save_frontier_points:
+                self._save_frontier_point(schedule.advances[-1] | {f"gate_{k}": v for k, v in scores.items()})
             logger.info("stepwise: stage %d -> %d at step %d after %d steps (%s %s = %.3f)", schedule.stage, schedule.stage + 1, step,
                         in_stage, "passed," if passed else "cap hit,", self.args.gate_metric, value)
             schedule.stage += 1
             schedule.stage_start_step = step
+
+    # ------------------------------------------------------------------ frontier points
+
+    def position_gap(self, stage: int) -> int:
+        """The position gap a model trained through `stage` answers with: the tokens that stage
+        removes, capped by the median training CoT length (rows of other lengths differ a little)."""
+        return min(stage * self.args.remove_per_stage, int(np.median(self.cot_lengths())))
+
+    def frontier_index(self) -> list[dict]:
+        path = os.path.join(self.args.output_dir, FRONTIER_DIR, FRONTIER_INDEX)
+        if not os.path.isfile(path):
+            return []
+        with open(path) as f:
+            return json.load(f)["points"]
+
+    def _write_frontier_index(self, points: list[dict]) -> None:
+        folder = os.path.join(self.args.output_dir, FRONTIER_DIR)
+        os.makedirs(folder, exist_ok=True)
+        temporary = os.path.join(folder, FRONTIER_INDEX + ".tmp")
+        with open(temporary, "w") as f:
+            json.dump({"cot_tokens_total": self.longest_cot(), "points": points}, f, indent=2)
+        os.replace(temporary, os.path.join(folder, FRONTIER_INDEX))
+
+    def _save_frontier_point(self, advance: dict) -> None:
+        """The model at the end of a removal stage, ready to answer: it writes the CoT that
+        stage left and then the answer, its position gap in its config. Written to a temporary
+        folder and renamed, then listed in the index, which keeps only points this run made
+        before this step (a resumed run re-makes what came after its checkpoint; an older run's
+        points in the folder are never listed)."""
+        stage = advance["from_stage"]
+        name = f"removed-{advance['removed_tokens']:03d}"
+        folder = os.path.join(self.args.output_dir, FRONTIER_DIR)
+        target, temporary = os.path.join(folder, name), os.path.join(folder, name + ".tmp")
+        model = self.accelerator.unwrap_model(self.model)
+        before = getattr(model.config, "icot_position_gap", None)
+        if self.args.keep_positions:
+            model.config.icot_position_gap = self.position_gap(stage)
+        self.save_model(temporary)
+        if before is None:
+            model.config.__dict__.pop("icot_position_gap", None)
+        else:
+            model.config.icot_position_gap = before
+        if not self.is_world_process_zero():
+            return
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        os.replace(temporary, target)
+        step = advance["step"]
+        examples = step * self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+        point = {"model_dir": name, "cot_tokens_removed": advance["removed_tokens"], "cot_tokens_total": self.longest_cot(),
+                 "examples_seen": examples} | advance
+        points = [p for p in self.frontier_index() if p["step"] < step and p["model_dir"] != name] + [point]
+        self._write_frontier_index(sorted(points, key=lambda p: p["step"]))
+        logger.info("stepwise: frontier point %s saved (step %d, %s)", name, step, advance["reason"])
 
     # ------------------------------------------------------------------ loss, evaluation, best model
 
@@ -340,14 +400,17 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
             os.replace(temporary, target)
         logger.info("stepwise: best fully-removed model so far at step %d (exact match %.3f)", self.state.global_step, score)
 
-    def train(self, *args, **kwargs):
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        index = os.path.join(self.args.output_dir, FRONTIER_DIR, FRONTIER_INDEX)
+        if (self.args.save_frontier_points or os.path.isfile(index)) and not resume_from_checkpoint and self.is_world_process_zero():
+            self._write_frontier_index([])  # a fresh run lists only its own points (none, when it saves none)
         if self.args.removal_schedule == "gated" and self.args.max_steps > 0:
             stages = math.ceil(self.longest_cot() / self.args.remove_per_stage) - self.args.removal_start_stage + 1
             if stages * self.args.max_stage_steps >= self.args.max_steps:
                 logger.warning("stepwise: %d stages x max_stage_steps %d >= max_steps %d: if stages hit their cap, the run ends before "
                                "the chain of thought is fully removed; lower max_stage_steps or raise max_steps",
                                stages, self.args.max_stage_steps, self.args.max_steps)
-        result = super().train(*args, **kwargs)
+        result = super().train(resume_from_checkpoint, *args, **kwargs)
         self._restore_best()
         if self.args.keep_positions:
             self._record_position_gap()
@@ -356,10 +419,28 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
     def _record_position_gap(self) -> None:
         """The final model skips the positions of the CoT it no longer writes: record how many
         (the median training CoT length, capped by what the last stage removed) for generation."""
-        median = int(np.median(self.cot_lengths()))
-        gap = min(self.evaluated_stage() * self.args.remove_per_stage, median)
+        gap = self.position_gap(self.evaluated_stage())
         self.accelerator.unwrap_model(self.model).config.icot_position_gap = gap
         logger.info("stepwise: keep_positions model answers with a position gap of %d (saved as config.icot_position_gap)", gap)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """A model that answers with a position gap (the final model and frontier points of a
+        keep_positions run) is saved as an `ImplicitCoTStepwiseForCausalLM`, which applies the gap
+        itself, so plain `generate` and `pipeline` answer as it was trained. Checkpoints (no gap
+        recorded yet) and LoRA adapters are saved as the Trainer saves them."""
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        gap = getattr(getattr(model, "config", None), "icot_position_gap", 0) or 0
+        if not gap or not isinstance(model, PreTrainedModel) or isinstance(model, ImplicitCoTStepwiseForCausalLM):
+            return super()._save(output_dir, state_dict)
+        if not self.args.should_save:
+            return
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        wrapped = ImplicitCoTStepwiseForCausalLM.from_trained(model, gap, self.separator_id)
+        wrapped.save_pretrained(output_dir, state_dict=None if state_dict is None else {f"lm.{k}": v for k, v in state_dict.items()})
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
     def _restore_best(self) -> None:
         """End with the best fully-removed evaluation's weights (the reference's choice of epoch)."""
