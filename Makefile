@@ -7,7 +7,7 @@ METHODS ?=
 TEST_FILE ?= $(firstword $(wildcard ../shared/data/icot_original/$(subst x,_by_,$(subst _mult,,$(TASK)))_mult/test_bigbench.txt))
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help install install-deepspeed reproduce test test-fast bench bench-train clean
+.PHONY: help install install-deepspeed reproduce test test-fast bench bench-train bench-precision clean
 
 ## This list of targets
 help:
@@ -51,6 +51,11 @@ bench: install
 ## results/train_throughput.json + .md. Run on an idle machine.
 bench-train: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/train_throughput.py --output_dir results
+
+## Training speed of every CPU-preset stage in fp32 and bf16, on 1 and 2 threads: results/stage_precision.json + .md.
+## Run on an idle machine (about 15 minutes).
+bench-precision: install
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/stage_precision.py --output_dir results --threads 1 2
 
 ## Remove what runs wrote and git does not track: outputs/, logs/, stage times (never data/ or committed results)
 clean:

@@ -14,6 +14,9 @@
 # Paths in the YAML configs (data, outputs) are relative to the current directory.
 # METHODS lists the implicit methods to train and evaluate: "kd" (the paper's distillation)
 # and/or "stepwise" (ICoT-SI from the same teacher); by default every one the task has configs for.
+# The CPU presets train in bf16 where the CPU has avx512_bf16 or AMX (cpu_bf16: auto), fp32 elsewhere.
+# A stepwise preset with save_frontier_points also evaluates ICoT-SI's model at each stage's end
+# (results.json `frontier`, frontier.png).
 # LANES=2 (the default on a machine with 2+ cores) trains ICoT-SI in one process and the
 # no-CoT baseline and ICoT-KD stages in another, each on half the cores, after the teacher;
 # the second lane's output goes to its logs/ files only. LANES=1 runs everything in turn.

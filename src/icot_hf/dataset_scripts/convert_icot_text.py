@@ -14,9 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from icot_hf.data import ICoTFormatError, dataset_from_text_files, dataset_warnings, file_sha256, overwrite_decision, save_dataset_dict  # noqa: E402
+from icot_hf.data import ICoTFormatError, dataset_from_text_files, dataset_warnings, file_sha256, overwrite_decision, save_dataset_dict
 
 
 def main(argv=None):

@@ -14,10 +14,8 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from icot_hf.data import file_sha256, overwrite_decision, read_icot_text, save_dataset_dict, write_icot_text  # noqa: E402
-from icot_hf.multiplication import format_problem, parse_operands, sample_problems  # noqa: E402
+from icot_hf.data import file_sha256, overwrite_decision, read_icot_text, save_dataset_dict, write_icot_text
+from icot_hf.multiplication import format_problem, parse_operands, sample_problems
 
 
 def build(digits: int, sizes: dict[str, int], seed: int, exclude_files: list[str]) -> DatasetDict:

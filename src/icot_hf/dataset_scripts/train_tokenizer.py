@@ -9,16 +9,12 @@ itself is the special token and is never merged.
 """
 
 import argparse
-import sys
-from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from icot_hf.data import SEQUENCE_FORMATS, load_icot_dataset, reference_answer  # noqa: E402
-from icot_hf.tokenization import EOS_TOKEN  # noqa: E402
+from icot_hf.data import SEQUENCE_FORMATS, load_icot_dataset, reference_answer
+from icot_hf.tokenization import EOS_TOKEN
 
 
 def main(argv=None):
