@@ -101,3 +101,18 @@ def test_compute_metrics_and_callbacks_see_the_stage_metrics(tmp_path, tokenizer
     for metrics in seen:
         assert {"eval_loss", "eval_digits_right", "eval_exact_match", "eval_token_accuracy"} <= set(metrics), metrics
         assert 0.0 <= metrics["eval_digits_right"] <= 1.0
+
+
+@pytest.mark.parametrize("config_class", [TeacherConfig, MindReadingConfig, ThoughtEmulationConfig, CoupledConfig, StepwiseInternalizationConfig])
+def test_every_config_documents_its_fields_and_gives_an_example(config_class):
+    import dataclasses
+
+    from icot_hf.trainers.common_config import ICoTTrainingArguments
+
+    doc = config_class.__doc__
+    assert "Args:" in doc and "Example:" in doc and f"{config_class.__name__}(" in doc
+    shared = {f.name for f in dataclasses.fields(ICoTTrainingArguments)}
+    own = [f for f in dataclasses.fields(config_class) if f.name not in shared]
+    assert own and all(f"        {f.name} (`" in doc for f in own), [f.name for f in own if f"        {f.name} (`" not in doc]
+    for name in ("cpu_bf16", "label_logits_only", "eval_exact_match_samples"):  # the shared fields: on the base class
+        assert f"        {name} (`" in ICoTTrainingArguments.__doc__

@@ -6,13 +6,49 @@ columns, so `remove_unused_columns=False`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
 
+def document_fields(example: str, stop_at: tuple[type, ...] = (TrainingArguments,)):
+    """Class decorator: append an `Args:` section, written from the fields' own help (so the
+    docstring never disagrees with the parser's `--help`), and an `Example:` to a config's
+    docstring. Lists the fields the class and its mixins declare, down to `stop_at`."""
+    import textwrap
+
+    def decorate(cls):
+        names: list[str] = []
+        for klass in cls.__mro__:
+            if klass in stop_at or klass is object:
+                break
+            names += [name for name in vars(klass).get("__annotations__", {}) if name not in names]
+        by_name = {f.name: f for f in dataclasses.fields(cls)}
+        lines = []
+        for name in names:
+            if name not in by_name:
+                continue
+            item = by_name[name]
+            default = item.default if item.default is not dataclasses.MISSING else "required"
+            text = f"{name} (`{item.type}`, default {default!r}): {item.metadata.get('help', '')}"
+            lines += textwrap.wrap(text, 110, initial_indent=" " * 8, subsequent_indent=" " * 12)
+        doc = (cls.__doc__ or "").rstrip()
+        cls.__doc__ = f"{doc}\n\n    Args:\n" + "\n".join(lines) + "\n\n    Example:\n" + textwrap.indent(textwrap.dedent(example).strip(), " " * 8) + "\n"
+        return cls
+
+    return decorate
+
+
+@document_fields("""
+    >>> from icot_hf import TeacherConfig
+    >>> TeacherConfig(output_dir="teacher", cpu_bf16="auto", eval_exact_match_samples=256)  # every stage's config takes these
+""")
 @dataclass
 class ICoTTrainingArguments(TrainingArguments):
+    """The fields every icot_hf stage config shares, on top of `transformers.TrainingArguments`
+    (whose fields all work as usual)."""
+
     learning_rate: float = field(default=5e-5, metadata={"help": "AdamW learning rate (paper: 5e-5)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (paper: 1.0)."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the ICoT collators read raw view columns."})

@@ -2,9 +2,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .common_config import ICoTTrainingArguments
+from .common_config import ICoTTrainingArguments, document_fields
 
 
+@document_fields("""
+    >>> from icot_hf import CoupledConfig, CoupledTrainer
+    >>> args = CoupledConfig(output_dir="coupled", learning_rate=5e-5)
+    >>> CoupledTrainer(student_model="student", emulator_model="emulator", args=args, train_dataset=raw, processing_class=tokenizer).train()
+""", stop_at=(ICoTTrainingArguments,))
 @dataclass
 class CoupledConfig(ICoTTrainingArguments):
     """Couple and optimize: emulator predictions feed the student; both trained end to end

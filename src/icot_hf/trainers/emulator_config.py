@@ -2,9 +2,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .common_config import ICoTTrainingArguments, TeacherStatesArguments, check_delta_and_subset
+from .common_config import ICoTTrainingArguments, TeacherStatesArguments, check_delta_and_subset, document_fields
 
 
+@document_fields("""
+    >>> from icot_hf import ThoughtEmulationConfig, ThoughtEmulationTrainer
+    >>> args = ThoughtEmulationConfig(output_dir="emulator", delta="dynamic", subset="diagonal")
+    >>> ThoughtEmulationTrainer(model="gpt2", teacher_model="teacher", args=args, train_dataset=raw).train()
+""", stop_at=(ICoTTrainingArguments,))
 @dataclass
 class ThoughtEmulationConfig(TeacherStatesArguments, ICoTTrainingArguments):
     """Thought emulator: predict the frozen teacher's states from the question alone

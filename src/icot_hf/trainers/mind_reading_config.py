@@ -2,9 +2,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .common_config import ICoTTrainingArguments, TeacherStatesArguments, check_delta_and_subset
+from .common_config import ICoTTrainingArguments, TeacherStatesArguments, check_delta_and_subset, document_fields
 
 
+@document_fields("""
+    >>> from icot_hf import MindReadingConfig, MindReadingTrainer
+    >>> args = MindReadingConfig(output_dir="student", delta="dynamic", subset="diagonal", learning_rate=5e-4)
+    >>> MindReadingTrainer(model="gpt2", teacher_model="teacher", args=args, train_dataset=raw).train()
+""", stop_at=(ICoTTrainingArguments,))
 @dataclass
 class MindReadingConfig(TeacherStatesArguments, ICoTTrainingArguments):
     """Mind-reading student: answer cross-entropy on the implicit view, reading the frozen

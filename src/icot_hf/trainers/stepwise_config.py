@@ -2,12 +2,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .common_config import ICoTTrainingArguments
+from .common_config import ICoTTrainingArguments, document_fields
 
 SCHEDULES = ("fixed", "reference", "gated")
 GATE_METRICS = ("sequence_accuracy", "token_accuracy")
 
 
+@document_fields("""
+    >>> from icot_hf import StepwiseInternalizationConfig, StepwiseInternalizationTrainer
+    >>> args = StepwiseInternalizationConfig(output_dir="stepwise", removal_schedule="gated", keep_positions=True, remove_per_stage=2,
+    ...                                      gate_metric="sequence_accuracy", save_frontier_points=True, eval_strategy="steps")
+    >>> StepwiseInternalizationTrainer(model="teacher", args=args, train_dataset=raw, eval_dataset=raw_valid).train()
+""", stop_at=(ICoTTrainingArguments,))
 @dataclass
 class StepwiseInternalizationConfig(ICoTTrainingArguments):
     """Stepwise internalization (ICoT-SI, Deng, Choi & Shieber 2024): train on the explicit

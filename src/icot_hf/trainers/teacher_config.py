@@ -2,9 +2,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .common_config import ICoTTrainingArguments
+from .common_config import ICoTTrainingArguments, document_fields
 
 
+@document_fields("""
+    >>> from icot_hf import TeacherConfig, TeacherTrainer
+    >>> args = TeacherConfig(output_dir="teacher", max_steps=2000, learning_rate=1e-3, per_device_train_batch_size=64)
+    >>> TeacherTrainer(model="gpt2", args=args, train_dataset=raw, processing_class=tokenizer).train()  # raw: input/cot/answer
+""", stop_at=(ICoTTrainingArguments,))
 @dataclass
 class TeacherConfig(ICoTTrainingArguments):
     """Explicit-CoT teacher training: next-token loss on `cot S answer S` after `input S`."""
