@@ -107,9 +107,15 @@ def test_the_wheel_alone_trains_every_stage_and_its_command_runs_packaged_preset
     icot_hf("teacher", "--config", "4x4_mult/teacher", "--dataset_name_or_path", "data/2x2", "--output_dir", "cli/teacher", *quick)
     icot_hf("stepwise", "--config", "4x4_mult/stepwise", "--dataset_name_or_path", "data/2x2", "--teacher_name_or_path", "cli/teacher",
             "--output_dir", "cli/stepwise", *quick)
+    icot_hf("mind-reading", "--config", "4x4_mult/mind_reading", "--dataset_name_or_path", "data/2x2", "--teacher_name_or_path",
+            "cli/teacher", "--output_dir", "cli/mind_reading", "--teacher_state_cache", "cli/cache", *quick)
+    icot_hf("emulator", "--config", "4x4_mult/emulator", "--dataset_name_or_path", "data/2x2", "--teacher_name_or_path", "cli/teacher",
+            "--output_dir", "cli/emulator", "--teacher_state_cache", "cli/cache", *quick)
+    icot_hf("couple", "--config", "4x4_mult/couple", "--dataset_name_or_path", "data/2x2", "--student_name_or_path", "cli/mind_reading",
+            "--emulator_name_or_path", "cli/emulator", "--output_dir", "cli/coupled", *quick)
     out = icot_hf("evaluate", "--task", "2x2", "--dataset_name_or_path", "data/2x2", "--teacher_model", "cli/teacher", "--stepwise_model",
-                  "cli/stepwise", "--batch_sizes", "1", "8", "--max_examples", "8", "--max_examples_batch1", "2", "--output_dir", "cli/results")
-    assert "Explicit CoT (teacher)" in out and (work / "cli" / "results" / "results.json").is_file()
+                  "cli/stepwise", "--implicit_model", "cli/coupled", "--batch_sizes", "1", "8", "--max_examples", "8", "--max_examples_batch1", "2", "--output_dir", "cli/results")
+    assert "Explicit CoT (teacher)" in out and "Implicit CoT (ICoT-KD)" in out and (work / "cli" / "results" / "results.json").is_file()
     bad = subprocess.run([str(venv / "bin" / "icot-hf"), "teacher", "--config", "4x4_mult/nope"], cwd=work, capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "no packaged preset" in bad.stderr
 
