@@ -77,11 +77,11 @@ class ImplicitCoTStepwiseForCausalLM(PreTrainedModel, GenerationMixin):
         after_separator = ((input_ids == self.config.separator_token_id) & attention_mask.bool()).long().cumsum(-1) > 0
         return positions + self.config.position_gap * after_separator.long()
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, **kwargs):
-        if position_ids is None and input_ids is not None and not _has_past(past_key_values):
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs):
+        past = kwargs.get("cache", kwargs.get("past_key_values"))
+        if position_ids is None and input_ids is not None and not _has_past(past):
             position_ids = self.shifted_positions(input_ids, attention_mask)  # a whole sequence (training, scoring)
-        return self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
-                       **kwargs)
+        return self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
 
     def generate(self, input_ids=None, attention_mask=None, **kwargs):
         """`generate`, stopping each row after its answer: the answer ends at the second separator
@@ -94,20 +94,12 @@ class ImplicitCoTStepwiseForCausalLM(PreTrainedModel, GenerationMixin):
         return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
-        # transformers 5: `generate` builds the prompt's position ids here (unless the caller gave
-        # some) and extends them by one a step: the prompt's, shifted from the separator on
+        # `generate` builds the prompt's position ids here (unless the caller gave some) and extends
+        # them by one a step: the prompt's, shifted from the separator on
         ids = model_kwargs.get("input_ids", inputs_tensor)
         if ids is not None and ids.dim() == 2 and not torch.is_floating_point(ids):
             return self.shifted_positions(ids, model_kwargs.get("attention_mask"))
         return super()._prepare_position_ids_for_generation(inputs_tensor, model_kwargs)
-
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, **kwargs):
-        given = kwargs.get("position_ids")
-        inputs = super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, attention_mask=attention_mask, **kwargs)
-        if given is None and inputs.get("input_ids") is not None:
-            # `input_ids` here is the whole sequence so far; the step feeds only its last tokens
-            inputs["position_ids"] = self.shifted_positions(input_ids, attention_mask)[:, -inputs["input_ids"].shape[1]:]
-        return inputs
 
 
 def _has_past(past_key_values) -> bool:

@@ -21,12 +21,16 @@ def markdown_table(results: dict) -> str:
         batch_sizes = sorted({int(b) for m in methods.values() for b in m["throughput"]})
         lines.append(f"## {eval_name}")
         lines.append("")
-        header = ["Method", "Exact match"] + [f"Examples/s (batch {b})" for b in batch_sizes] + ["Speed-up vs explicit (batch 1)"]
+        counted = any("cot_tokens_generated" in m for m in methods.values())  # results written before it was measured lack it
+        header = ["Method", "Exact match"] + (["CoT tokens generated"] if counted else []) + \
+                 [f"Examples/s (batch {b})" for b in batch_sizes] + ["Speed-up vs explicit (batch 1)"]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
         explicit = methods.get("explicit_cot", {}).get("throughput", {}).get("1")
         for key, entry in methods.items():
             row = [METHOD_NAMES.get(key, key), f"{100 * entry['accuracy']:.1f}% ({entry['num_examples']})"]
+            if counted:  # a partly internalised ICoT-SI model still writes some of its chain of thought
+                row.append(f"{entry['cot_tokens_generated']:.1f}" if "cot_tokens_generated" in entry else "-")
             for b in batch_sizes:
                 value = entry["throughput"].get(str(b))
                 row.append(f"{value:.1f}" if value is not None else "-")
