@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import REPO, multiplication_dataset, tiny_config
@@ -160,3 +161,23 @@ def test_launch_config_trains_here(launch_data, config):
     else:
         loss = launch_teacher(launch_data, config)
     assert loss == pytest.approx(plain, rel=0.01)
+
+
+def test_readme_icot_si_example_runs(tmp_path, tokenizer, monkeypatch):
+    from icot_hf import ImplicitCoTStepwiseForCausalLM
+
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_config(tiny_config("gpt2", tokenizer))
+    folder = tmp_path / "outputs" / "4x4_mult" / "stepwise"
+    ImplicitCoTStepwiseForCausalLM.from_trained(lm, position_gap=46, separator_token_id=tokenizer.eos_token_id).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Use the inference artifact"):]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[1]  # the ICoT-SI example, after the coupled model's
+    *statements, last = [line for line in code.strip().splitlines() if line.strip()]
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec("\n".join(statements), namespace)  # noqa: S102 - the README's own code
+    out = eval(last.split("#")[0], namespace)  # noqa: S307
+    assert isinstance(namespace["generator"].model, ImplicitCoTStepwiseForCausalLM)
+    assert isinstance(out, list) and out[0]["generated_text"].startswith("1 3 4 5 * 8 1 9 3")
