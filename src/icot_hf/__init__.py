@@ -2,6 +2,7 @@
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+from .coconut import CoconutModelConfig, CoconutForCausalLM
 from .configuration_icot import ImplicitCoTConfig, ImplicitCoTEmulatorConfig, ImplicitCoTStepwiseConfig, ImplicitCoTStudentConfig
 from .modeling_icot import ImplicitCoTEmulator, ImplicitCoTForCausalLM, ImplicitCoTStudent
 from .modeling_stepwise import ImplicitCoTStepwiseForCausalLM
@@ -16,6 +17,7 @@ def _register_auto_classes() -> None:
         (ImplicitCoTEmulatorConfig, ImplicitCoTEmulator, AutoModel, "AutoModel"),
         (ImplicitCoTConfig, ImplicitCoTForCausalLM, AutoModelForCausalLM, "AutoModelForCausalLM"),
         (ImplicitCoTStepwiseConfig, ImplicitCoTStepwiseForCausalLM, AutoModelForCausalLM, "AutoModelForCausalLM"),
+        (CoconutModelConfig, CoconutForCausalLM, AutoModelForCausalLM, "AutoModelForCausalLM"),
     ]
     for config_class, model_class, auto_model, auto_name in pairs:
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
@@ -33,6 +35,8 @@ _LAZY = {
     **{name: ".trainers" for name in ("CoupledConfig", "CoupledTrainer", "MindReadingConfig", "MindReadingTrainer",
                                       "StepwiseInternalizationConfig", "StepwiseInternalizationTrainer", "TeacherConfig",
                                       "TeacherTrainer", "ThoughtEmulationConfig", "ThoughtEmulationTrainer")},
+    **{name: ".coconut.coconut_trainer" for name in ("CoconutTrainer",)},
+    **{name: ".coconut.coconut_config" for name in ("CoconutConfig",)},
     **{name: ".data" for name in ("ICoTCollator", "load_icot_dataset", "tokenize_dataset", "read_icot_text")},
 }
 
@@ -47,6 +51,8 @@ def __getattr__(name: str):
 
 __all__ = [
     *sorted(_LAZY),
+    "CoconutModelConfig",
+    "CoconutForCausalLM",
     "ImplicitCoTConfig",
     "ImplicitCoTEmulatorConfig",
     "ImplicitCoTStepwiseConfig",

@@ -1,0 +1,53 @@
+"""Coconut (Hao et al. 2024): from an explicit-CoT model, replace reasoning steps by continuous
+thoughts, stage by stage (icot_hf.coconut: CoconutTrainer, CoconutConfig).
+
+    accelerate launch --config_file recipes/accelerate_configs/cpu.yaml \
+        recipes/coconut.py --config recipes/configs/4x4_mult/coconut.yaml
+
+The data are the same input/cot/answer datasets every method reads; the CoT is cut into steps
+(icot_hf.coconut.data.split_steps). The saved folder is a CoconutForCausalLM.
+"""
+
+import logging
+
+from transformers import set_seed
+
+from icot_hf.coconut import CoconutForCausalLM
+from icot_hf.coconut.coconut_config import CoconutConfig
+from icot_hf.coconut.coconut_trainer import CoconutTrainer
+from icot_hf.data import load_icot_dataset
+from icot_hf.recipe_utils import ScriptArguments, begin_run, build_base_model, load_tokenizer, parse_args, train_and_save
+
+RAW = ("input", "cot", "answer")
+
+
+def split(dataset, name, limit):
+    if name not in dataset:
+        raise ValueError(f"no split {name!r} in the dataset; it has {list(dataset)}")
+    part = dataset[name].select_columns([c for c in dataset[name].column_names if c in RAW + ("question", "steps")])
+    return part.select(range(min(limit, len(part)))) if limit is not None else part
+
+
+def main():
+    script_args, training_args = parse_args(ScriptArguments, CoconutConfig)
+    logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
+    if not begin_run(script_args, training_args):  # finished with these settings: nothing to do
+        return
+    set_seed(training_args.seed)
+    start = script_args.teacher_name_or_path or script_args.model_name_or_path
+    tokenizer = load_tokenizer(script_args, fallback_path=start)
+    model = start if start else build_base_model(script_args, tokenizer)
+    dataset = load_icot_dataset(script_args.dataset_name_or_path)
+    train = split(dataset, script_args.train_split, script_args.max_train_samples)
+    evaluation = None
+    if script_args.eval_split and script_args.eval_split in dataset:
+        evaluation = split(dataset, script_args.eval_split, script_args.max_eval_samples)
+    trainer = CoconutTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer)
+    assert isinstance(trainer.model, CoconutForCausalLM)
+    train_and_save(trainer, training_args)
+
+
+if __name__ == "__main__":
+    from icot_hf.cli import run
+
+    run(main)
