@@ -7,7 +7,7 @@ METHODS ?=
 TEST_FILE ?= $(firstword $(wildcard ../shared/data/icot_original/$(subst x,_by_,$(subst _mult,,$(TASK)))_mult/test_bigbench.txt))
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help install install-deepspeed reproduce test test-fast bench bench-train bench-precision clean
+.PHONY: help install install-deepspeed reproduce test test-fast bench bench-train bench-precision bench-coconut clean
 
 ## This list of targets
 help:
@@ -46,6 +46,15 @@ bench: install
 		--task_dirs $(foreach t,$(BENCH_TASKS),outputs/$(t)_mult) \
 		$(if $(filter $(words $(BENCH_FILES)),$(words $(BENCH_TASKS))),--test_files $(BENCH_FILES))
 	$(MAKE) bench-train
+	$(if $(and $(COCONUT_SRC),$(REFERENCE_PYTHON)),$(MAKE) bench-coconut)
+
+COCONUT_SRC ?=
+REFERENCE_PYTHON ?=
+## Coconut against its released code (training examples/s, batched vs batch-1 generation): results/coconut_speed.{json,md}.
+## Needs COCONUT_SRC (a checkout of facebookresearch/coconut) and REFERENCE_PYTHON (a Python with transformers==4.46.2).
+bench-coconut: install
+	@[ -n "$(COCONUT_SRC)" ] && [ -n "$(REFERENCE_PYTHON)" ] || { echo "make bench-coconut: set COCONUT_SRC=<coconut checkout> REFERENCE_PYTHON=<python with transformers==4.46.2>"; exit 2; }
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/coconut_speed.py --coconut_src $(COCONUT_SRC) --reference_python $(REFERENCE_PYTHON) --output_dir results
 
 ## Training throughput per stage at GPT-2's vocabulary, label-position logits on and off (no trained models needed):
 ## results/train_throughput.json + .md. Run on an idle machine.

@@ -2,7 +2,8 @@
 from the test environment's site-packages, where icot_hf is present only as the checkout's
 editable install, which a plain path entry does not activate), run from a folder outside the
 checkout, a TRL-style script trains every stage and the coupled folder answers through
-`AutoModelForCausalLM`; the `icot-hf` command runs packaged presets; `accelerate launch -m` runs a
+`AutoModelForCausalLM`; a TRL-style Coconut run on a tiny Llama saves a folder that loads from
+another directory and generates in batches what each row gives alone; the `icot-hf` command runs packaged presets; `accelerate launch -m` runs a
 recipe module."""
 
 import os
@@ -64,6 +65,42 @@ SCRIPT = textwrap.dedent('''
     print("TRL-STYLE OK", type(model).__name__, answers)
 ''')
 
+COCONUT_SCRIPT = textwrap.dedent('''
+    import os
+    import icot_hf
+    assert "{venv}" in icot_hf.__file__, icot_hf.__file__
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+    from icot_hf import CoconutConfig, CoconutTrainer, build_digit_tokenizer
+
+    rows = [{{"input": f"{{a}} {{b}} * {{c}}", "cot": f"{{b * c % 10}} + {{a * c % 10}} {{b * c // 10}}", "answer": f"{{a * c}}"}}
+            for a in range(1, 9) for b in range(4) for c in range(1, 5)]
+    tok = build_digit_tokenizer()
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=128, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    AutoModelForCausalLM.from_config(config).save_pretrained("tiny_llama")
+    tok.save_pretrained("tiny_llama")
+    args = CoconutConfig(output_dir="coconut", c_thought=1, epochs_per_stage=1, max_latent_stage=2, num_train_epochs=3,
+                         per_device_train_batch_size=16, learning_rate=1e-3, latent_init_token="+", question_suffix="", step_suffix=" +",
+                         answer_prefix="#### ", report_to="none", save_strategy="no")
+    trainer = CoconutTrainer(model="tiny_llama", args=args, train_dataset=Dataset.from_list(rows))
+    trainer.train()
+    trainer.save_model()
+    os.makedirs("other", exist_ok=True)
+    os.chdir("other")  # loads from another directory
+    model = AutoModelForCausalLM.from_pretrained("../coconut").eval()
+    tokenizer = AutoTokenizer.from_pretrained("../coconut", padding_side="left")
+    prompts = [model.prompt(q, question_suffix="") for q in ["1 2 * 3", "4 * 4", "7 3 * 2", "2 2 2 * 1", "5 * 5", "8 1 * 4", "3 * 1 1", "9 9 * 9"]]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    out = model.generate(**batch, max_new_tokens=8, do_sample=False)
+    for i, prompt in enumerate(prompts):
+        alone = tokenizer([prompt], return_tensors="pt")
+        single = model.generate(**alone, max_new_tokens=8, do_sample=False)[0, alone["input_ids"].shape[1]:].tolist()
+        assert out[i, batch["input_ids"].shape[1]:].tolist()[:len(single)] == single, i
+    print("COCONUT OK", type(model).__name__, model.config.num_latent_thoughts)
+''')
+
 
 def test_the_wheel_alone_trains_every_stage_and_its_command_runs_packaged_presets(tmp_path):
     wheels = tmp_path / "wheels"
@@ -73,7 +110,8 @@ def test_the_wheel_alone_trains_every_stage_and_its_command_runs_packaged_preset
     wheel = next(wheels.glob("icot_hf-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     for packaged in ("icot_hf/recipes/teacher.py", "icot_hf/recipes/configs/4x4_mult/stepwise.yaml", "icot_hf/recipes/accelerate_configs/cpu.yaml",
-                     "icot_hf/dataset_scripts/make_multiplication.py", "icot_hf/model_cards/model.md", "icot_hf/metrics/exact_match/exact_match.py"):
+                     "icot_hf/dataset_scripts/make_multiplication.py", "icot_hf/model_cards/model.md", "icot_hf/metrics/exact_match/exact_match.py",
+                     "icot_hf/coconut/modeling_coconut.py", "icot_hf/recipes/configs/gsm8k/paper/coconut.yaml"):
         assert packaged in names, packaged
 
     venv = tmp_path / "venv"
@@ -94,6 +132,11 @@ def test_the_wheel_alone_trains_every_stage_and_its_command_runs_packaged_preset
     trl = subprocess.run([python, str(script)], cwd=work, capture_output=True, text=True, env=env)
     assert trl.returncode == 0, trl.stdout[-2000:] + trl.stderr[-4000:]
     assert "TRL-STYLE OK ImplicitCoTForCausalLM" in trl.stdout
+    script = work / "coconut.py"
+    script.write_text(COCONUT_SCRIPT.format(venv=str(venv)))
+    coconut = subprocess.run([python, str(script)], cwd=work, capture_output=True, text=True, env=env)
+    assert coconut.returncode == 0, coconut.stdout[-2000:] + coconut.stderr[-4000:]
+    assert "COCONUT OK CoconutForCausalLM 2" in coconut.stdout
 
     def icot_hf(*args):
         run = subprocess.run([str(venv / "bin" / "icot-hf"), *args], cwd=work, capture_output=True, text=True, env=env)
@@ -113,6 +156,10 @@ def test_the_wheel_alone_trains_every_stage_and_its_command_runs_packaged_preset
             "--output_dir", "cli/emulator", "--teacher_state_cache", "cli/cache", *quick)
     icot_hf("couple", "--config", "4x4_mult/couple", "--dataset_name_or_path", "data/2x2", "--student_name_or_path", "cli/mind_reading",
             "--emulator_name_or_path", "cli/emulator", "--output_dir", "cli/coupled", *quick)
+    icot_hf("coconut", "--config", "4x4_mult/coconut", "--dataset_name_or_path", "data/2x2", "--teacher_name_or_path", "cli/teacher",
+            "--output_dir", "cli/coconut", "--num_train_epochs", "2", "--max_latent_stage", "1", "--eval_exact_match_samples", "4",
+            "--report_to", "none", "--max_train_samples", "64")
+    assert (work / "cli" / "coconut" / "training_complete.json").is_file()
     out = icot_hf("evaluate", "--task", "2x2", "--dataset_name_or_path", "data/2x2", "--teacher_model", "cli/teacher", "--stepwise_model",
                   "cli/stepwise", "--implicit_model", "cli/coupled", "--batch_sizes", "1", "8", "--max_examples", "8", "--max_examples_batch1", "2", "--output_dir", "cli/results")
     assert "Explicit CoT (teacher)" in out and "Implicit CoT (ICoT-KD)" in out and (work / "cli" / "results" / "results.json").is_file()
