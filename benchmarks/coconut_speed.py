@@ -79,7 +79,7 @@ def problems(n: int) -> list[dict]:
     for _ in range(n):
         a, b = rng.randrange(1000, 10000), rng.randrange(1000, 10000)
         digits_a, digits_b = str(a)[::-1], str(b)[::-1]
-        partials, running, cot = [], 0, []
+        running, cot = 0, []
         for i, d in enumerate(digits_b):
             partial = a * int(d) * 10**i
             running += partial

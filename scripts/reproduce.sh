@@ -12,8 +12,9 @@
 #       bash scripts/reproduce.sh
 #
 # Paths in the YAML configs (data, outputs) are relative to the current directory.
-# METHODS lists the implicit methods to train and evaluate: "kd" (the paper's distillation)
-# and/or "stepwise" (ICoT-SI from the same teacher); by default every one the task has configs for.
+# METHODS lists the implicit methods to train and evaluate: "kd" (the paper's distillation),
+# "stepwise" (ICoT-SI from the same teacher) and/or "coconut" (continuous thought, from the same
+# teacher); by default kd and stepwise where the task has configs for them (coconut only when asked).
 # The CPU presets train in bf16 where the CPU has avx512_bf16 or AMX (cpu_bf16: auto), fp32 elsewhere.
 # A stepwise preset with save_frontier_points also evaluates ICoT-SI's model at each stage's end
 # (results.json `frontier`, frontier.png).
@@ -43,7 +44,7 @@ METHODS=${METHODS:-}
 CORES=$(nproc 2>/dev/null || echo 1)
 LANES=${LANES:-$([ "$CORES" -ge 2 ] && [ "$PRESET" = cpu ] && echo 2 || echo 1)}
 for method in $METHODS; do
-  case $method in kd|stepwise) ;; *) echo "reproduce: unknown method '$method' in METHODS (use kd and/or stepwise)"; exit 2;; esac
+  case $method in kd|stepwise|coconut) ;; *) echo "reproduce: unknown method '$method' in METHODS (use kd, stepwise and/or coconut)"; exit 2;; esac
 done
 wants() { [[ " $METHODS " == *" $1 "* ]]; }
 SUFFIX=""
@@ -123,8 +124,14 @@ if wants kd; then
   models+=(--implicit_model "$OUT/coupled")
   curves+=(mind_reading="$OUT/mind_reading" emulator="$OUT/emulator" coupled="$OUT/coupled")
 fi
+if wants coconut; then
+  [ -f "$CONFIGS/coconut.yaml" ] || { echo "reproduce: METHODS has coconut but $CONFIGS/coconut.yaml is missing"; exit 2; }
+  models+=(--coconut_model "$OUT/coconut")
+  curves+=(coconut="$OUT/coconut")
+fi
 stepwise_lane() {
   if wants stepwise; then stage stepwise stepwise stepwise "$OUT/stepwise" --teacher_name_or_path "$OUT/teacher"; fi
+  if wants coconut; then stage coconut coconut coconut "$OUT/coconut" --teacher_name_or_path "$OUT/teacher"; fi
 }
 baseline_and_kd_lane() {
   stage no_cot teacher no_cot "$OUT/no_cot"
@@ -134,7 +141,7 @@ baseline_and_kd_lane() {
     stage coupled couple couple "$OUT/coupled" --student_name_or_path "$OUT/mind_reading" --emulator_name_or_path "$OUT/emulator"
   fi
 }
-if [ "$LANES" -ge 2 ] && wants stepwise; then
+if [ "$LANES" -ge 2 ] && { wants stepwise || wants coconut; }; then
   threads=$(( CORES / 2 > 0 ? CORES / 2 : 1 ))
   echo "==> [$TASK] two lanes, $threads thread(s) each: ICoT-SI here; no-CoT and ICoT-KD in logs/${TASK}_*.log"
   ( export OMP_NUM_THREADS=$threads QUIET=1; baseline_and_kd_lane ) &

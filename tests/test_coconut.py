@@ -243,3 +243,26 @@ def test_recipe_trains_from_a_teacher_folder(tmp_path):
     assert (tmp_path / "coconut" / "training_complete.json").is_file()
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "coconut")
     assert type(model).__name__ == "CoconutForCausalLM" and model.config.num_latent_thoughts == 1
+
+
+def test_a_coconut_row_in_the_results_table(trained, tmp_path):
+    """`icot-hf evaluate --coconut_model`: exact match, what it writes before the answer and speed, in the shared table."""
+    import subprocess
+    import sys
+
+    from datasets import DatasetDict
+
+    _, folder = trained
+    DatasetDict(test=raw_dataset(8)).save_to_disk(str(tmp_path / "data"))
+    command = [sys.executable, "-c", "from icot_hf.cli import main; main()", "evaluate", "--task", "tiny", "--dataset_name_or_path",
+               str(tmp_path / "data"), "--coconut_model", str(folder), "--batch_sizes", "1", "4", "--max_examples", "8",
+               "--max_examples_batch1", "2", "--output_dir", str(tmp_path / "results")]
+    run = subprocess.run(command, capture_output=True, text=True, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    entry = next(iter(results["evaluations"].values()))["coconut"]
+    assert entry["num_examples"] == 8 and 0.0 <= entry["accuracy"] <= 1.0 and "cot_tokens_generated" in entry
+    assert set(entry["throughput"]) == {"1", "4"}
+    assert "Continuous thought (Coconut)" in (tmp_path / "results" / "results.md").read_text()
+    wrong = subprocess.run([*command[:6], "--teacher_model", str(folder), *command[8:]], capture_output=True, text=True)
+    assert wrong.returncode != 0 and "pass it as --coconut_model" in wrong.stderr

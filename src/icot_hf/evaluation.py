@@ -88,6 +88,20 @@ class ImplicitCoTAnswerer:
         return self.model.answer(list(questions), self.tokenizer, batch_size=len(questions), num_beams=self.num_beams)
 
 
+class CoconutAnswerer:
+    """CoconutForCausalLM: the question, its thought block of latents, then whatever steps it still
+    writes and the answer. `cot_lengths` counts the tokens written before the answer."""
+
+    def __init__(self, model, tokenizer, max_new_tokens: int = 64):
+        self.model, self.tokenizer, self.max_new_tokens = model.eval(), tokenizer, max_new_tokens
+        self.cot_lengths: list[int] = []
+
+    def __call__(self, questions: Sequence[str]) -> list[str]:
+        answers, steps = self.model.answer(list(questions), self.tokenizer, max_new_tokens=self.max_new_tokens, return_steps=True)
+        self.cot_lengths.extend(steps)
+        return answers
+
+
 def evaluate_answerer(
     answerer: Answerer,
     questions: Sequence[str],

@@ -11,7 +11,7 @@ from pathlib import Path
 # `make reproduce` with LANES=2 trains ICoT-SI in one lane and these, one after another, in the other.
 SECOND_LANE = ("no_cot", "mind_reading", "emulator", "coupled")
 METHOD_NAMES = {"no_cot": "No CoT", "explicit_cot": "Explicit CoT (teacher)", "implicit_cot": "Implicit CoT (ICoT-KD)",
-                "stepwise_cot": "Implicit CoT (ICoT-SI, stepwise)"}
+                "stepwise_cot": "Implicit CoT (ICoT-SI, stepwise)", "coconut": "Continuous thought (Coconut)"}
 
 
 def markdown_table(results: dict) -> str:

@@ -122,8 +122,15 @@ class CoconutTrainer(Trainer):
             raise ValueError(f"the model is an {model.config.model_type} model (another icot_hf method), not a causal LM for Coconut")
         if isinstance(model, CoconutForCausalLM):
             model.check_tokenizer(tokenizer)
-            model.config.c_thought = args.c_thought
-            return model
+        else:
+            model = self.wrap(model, tokenizer, args)
+        model.config.c_thought = args.c_thought
+        model.config.question_suffix, model.config.step_suffix, model.config.answer_prefix = (args.question_suffix, args.step_suffix,
+                                                                                              args.answer_prefix)
+        return model
+
+    def wrap(self, model, tokenizer, args: CoconutConfig) -> CoconutForCausalLM:
+        """A plain causal LM with the three tokens added (checked against the tokenizer)."""
         present = {t: tokenizer.convert_tokens_to_ids(t) for t in (START_LATENT, END_LATENT, LATENT) if t in tokenizer.get_vocab()}
         if present and any(i >= model.get_input_embeddings().weight.shape[0] for i in present.values()):
             raise ValueError(f"the tokenizer already holds {present} but the model has {model.get_input_embeddings().weight.shape[0]} "

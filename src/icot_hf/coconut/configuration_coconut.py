@@ -25,6 +25,8 @@ class CoconutModelConfig(PreTrainedConfig):
             (`max_latent_stage x c_thought` for a fully trained model; 0 for a CoT model);
             `CoconutForCausalLM.prompt` writes them.
         c_thought: latent positions per replaced reasoning step (recorded for the card and prompts).
+        question_suffix / step_suffix / answer_prefix: the text around the parts it was trained on
+            (the released defaults: newline, newline, `### `); `prompt` and `answer` use them.
     """
 
     model_type = "coconut"
@@ -36,6 +38,9 @@ class CoconutModelConfig(PreTrainedConfig):
     end_latent_id: int | None = None
     num_latent_thoughts: int = 0
     c_thought: int = 1
+    question_suffix: str = "\n"
+    step_suffix: str = "\n"
+    answer_prefix: str = "### "
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

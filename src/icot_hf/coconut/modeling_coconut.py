@@ -96,11 +96,38 @@ class CoconutForCausalLM(PreTrainedModel, GenerationMixin):
             raise ValueError(f"the tokenizer holds the Coconut tokens at {found} but the model was trained with {expected}; "
                              f"use the tokenizer saved with the model")
 
-    def prompt(self, question: str, num_latent_thoughts: int | None = None, question_suffix: str = "\n") -> str:
+    def prompt(self, question: str, num_latent_thoughts: int | None = None, question_suffix: str | None = None) -> str:
         """The text to generate from: the question, then the thought block (`num_latent_thoughts`
         latents, the model's own number by default)."""
         n = self.config.num_latent_thoughts if num_latent_thoughts is None else num_latent_thoughts
-        return question + question_suffix + START_LATENT + LATENT * n + END_LATENT
+        suffix = self.config.question_suffix if question_suffix is None else question_suffix
+        return question + suffix + START_LATENT + LATENT * n + END_LATENT
+
+    @torch.no_grad()
+    def answer(self, questions: list[str], tokenizer, max_new_tokens: int = 64, return_steps: bool = False):
+        """Answers to `questions` (strings), in one left-padded batch: the text after the answer
+        marker's last '#' as the released evaluation reads it. With `return_steps`, also how many
+        tokens each wrote before its answer (the reasoning steps it still writes out)."""
+        if isinstance(questions, str):
+            raise TypeError("answer() takes a list of questions")
+        self.check_tokenizer(tokenizer)
+        side, tokenizer.padding_side = tokenizer.padding_side, "left"
+        try:
+            batch = tokenizer([self.prompt(q) for q in questions], return_tensors="pt", padding=True, add_special_tokens=True)
+        finally:
+            tokenizer.padding_side = side
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        out = self.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
+        marker = tokenizer.encode(self.config.answer_prefix.strip(), add_special_tokens=False)
+        answers, steps = [], []
+        for row in out[:, batch["input_ids"].shape[1]:].tolist():
+            if tokenizer.eos_token_id in row:
+                row = row[:row.index(tokenizer.eos_token_id)]
+            start = next((i for i in range(len(row)) if marker and row[i:i + len(marker)] == marker), len(row))
+            steps.append(start)
+            answers.append(tokenizer.decode(row, skip_special_tokens=True).split("#")[-1].replace(",", "").strip())
+        return (answers, steps) if return_steps else answers
 
     def get_input_embeddings(self):
         return self.lm.get_input_embeddings()

@@ -27,7 +27,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, HfArgu
 
 from icot_hf import ImplicitCoTForCausalLM
 from icot_hf.data import load_icot_dataset, read_icot_text
-from icot_hf.evaluation import DirectAnswerer, ExplicitCoTAnswerer, ImplicitCoTAnswerer, evaluate_answerer
+from icot_hf.evaluation import CoconutAnswerer, DirectAnswerer, ExplicitCoTAnswerer, ImplicitCoTAnswerer, evaluate_answerer
 from icot_hf.results import write_results
 
 logger = logging.getLogger("icot_hf.evaluate")
@@ -42,6 +42,7 @@ class EvalArguments:
     no_cot_model: str | None = field(default=None, metadata={"help": "No-CoT baseline folder or Hub id."})
     teacher_model: str | None = field(default=None, metadata={"help": "Explicit-CoT teacher folder or Hub id."})
     implicit_model: str | None = field(default=None, metadata={"help": "ImplicitCoTForCausalLM folder or Hub id."})
+    coconut_model: str | None = field(default=None, metadata={"help": "Coconut model folder or Hub id (CoconutForCausalLM)."})
     stepwise_model: str | None = field(default=None, metadata={"help": "Stepwise-internalization (ICoT-SI) model folder or Hub id: a plain causal LM."})
     frontier_dir: str | None = field(default=None, metadata={"help": "An ICoT-SI run's frontier/ folder (save_frontier_points): "
                                                              "evaluate the model saved at each removal stage's end."})
@@ -88,13 +89,21 @@ def load_answerers(args: EvalArguments) -> dict:
 
     # Check every folder's kind before loading any, so a swapped path fails at once, by name.
     for flag, path, implicit in (("--no_cot_model", args.no_cot_model, False), ("--teacher_model", args.teacher_model, False),
-                                 ("--implicit_model", args.implicit_model, True), ("--stepwise_model", args.stepwise_model, False)):
+                                 ("--implicit_model", args.implicit_model, True), ("--stepwise_model", args.stepwise_model, False),
+                                 ("--coconut_model", args.coconut_model, None)):
         if path is None:
             continue
         try:
             model_type = AutoConfig.from_pretrained(path).model_type
         except (OSError, ValueError) as error:
             raise SystemExit(f"evaluate_models: {flag} {path}: not a model folder or Hub id ({error})") from None
+        if implicit is None:  # Coconut
+            if model_type != "coconut":
+                raise SystemExit(f"evaluate_models: {flag} {path} holds a {model_type} model; it needs a CoconutForCausalLM (the coconut "
+                                 "recipe's output, e.g. outputs/4x4_mult/coconut)")
+            continue
+        if model_type == "coconut":
+            raise SystemExit(f"evaluate_models: {flag} {path} holds a CoconutForCausalLM; pass it as --coconut_model")
         if implicit and model_type != "icot":
             raise SystemExit(f"evaluate_models: {flag} {path} holds a plain {model_type} model; it needs the coupled ImplicitCoTForCausalLM "
                              "(the couple stage's output, e.g. outputs/4x4_mult/coupled)")
@@ -113,8 +122,12 @@ def load_answerers(args: EvalArguments) -> dict:
         # answerer reads it (and the position gap of a keep_positions model); a model whose CoT
         # was only partly removed still writes the rest, so it gets the teacher's budget.
         answerers["stepwise_cot"] = ExplicitCoTAnswerer(*load(AutoModelForCausalLM, args.stepwise_model))
+    if args.coconut_model:
+        from icot_hf.coconut import CoconutForCausalLM
+
+        answerers["coconut"] = CoconutAnswerer(*load(CoconutForCausalLM, args.coconut_model))
     if not answerers:
-        raise ValueError("no model to evaluate: give --no_cot_model, --teacher_model, --implicit_model and/or --stepwise_model")
+        raise ValueError("no model to evaluate: give --no_cot_model, --teacher_model, --implicit_model, --stepwise_model and/or --coconut_model")
     return answerers
 
 
