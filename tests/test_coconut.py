@@ -266,3 +266,15 @@ def test_a_coconut_row_in_the_results_table(trained, tmp_path):
     assert "Continuous thought (Coconut)" in (tmp_path / "results" / "results.md").read_text()
     wrong = subprocess.run([*command[:6], "--teacher_model", str(folder), *command[8:]], capture_output=True, text=True)
     assert wrong.returncode != 0 and "pass it as --coconut_model" in wrong.stderr
+
+
+def test_model_card_cites_coconut_and_push_takes_the_one_path(trained, monkeypatch):
+    from icot_hf import hub
+
+    trainer, folder = trained
+    card = trainer.model_card("4x4 multiplication")
+    assert "Continuous-thought model (Coconut)" in card and "hao2024training" in card and "model.answer" in card
+    pushed = {}
+    monkeypatch.setattr(hub, "push_folder", lambda folder, repo_id, card=None, **kw: pushed.update(folder=folder, repo_id=repo_id, card=card))
+    trainer.push_to_hub()
+    assert pushed["folder"] == trainer.args.output_dir and "Coconut" in pushed["card"]

