@@ -177,11 +177,22 @@ def run_stage(stage, reference, tmp_path, mutate=None, **overrides):
         trainer = FollowingTheReference(model=model, **kwargs)
     else:
         trainer = FollowingTheReference(model=parity_model("teacher"), separator_id=separator, pad_token_id=separator, **kwargs)
-        draws = iter(reference["stepwise/offsets"].long())  # the reference's smoothing draws, one row per step
-        trainer.removal_for_batch = lambda batch_size: trainer.scheduled_removal() + next(draws)[:batch_size]
     if mutate:
         mutate(trainer)
-    trainer.train()
+    if stage == "stepwise":
+        # the reference's smoothing draws, one row per step, replayed through the library's own
+        # removal_for_batch: only the random draw is replaced, not how the trainer uses it
+        from icot_hf.trainers import stepwise_trainer
+
+        draws = iter(reference["stepwise/offsets"].long())
+        drawing = stepwise_trainer.removal_offsets
+        stepwise_trainer.removal_offsets = lambda count, lam, max_offset, generator: next(draws)[:count]
+        try:
+            trainer.train()
+        finally:
+            stepwise_trainer.removal_offsets = drawing
+    else:
+        trainer.train()
     norms = [entry["grad_norm"] for entry in trainer.state.log_history if "grad_norm" in entry]
     return losses, norms, trainer
 
@@ -285,9 +296,22 @@ def remove_one_step_late(trainer):
     trainer.current_stage = lambda step=None: original(max((trainer.state.global_step if step is None else step) - 1, 0))
 
 
+def offsets_drawn_but_not_added(trainer):
+    """The mistake that passed the suite before (issue 34): the smoothing offsets drawn, never used."""
+    from icot_hf.trainers import stepwise_trainer
+
+    def removal_for_batch(batch_size):
+        generator = torch.Generator().manual_seed(trainer.args.seed)
+        stepwise_trainer.removal_offsets(batch_size, trainer.args.removal_smoothing_lambda, trainer.args.max_removal_offset, generator)
+        return trainer.scheduled_removal() + torch.zeros(batch_size, dtype=torch.long)
+
+    trainer.removal_for_batch = removal_for_batch
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stage, mistake", [("teacher", exempt_norms_and_biases), ("mind_reading", linear_decay), ("coupled", no_clipping),
-                                            ("stepwise", skip_one_reset), ("stepwise", remove_one_step_late)])
+                                            ("stepwise", skip_one_reset), ("stepwise", remove_one_step_late),
+                                            ("stepwise", offsets_drawn_but_not_added)])
 def test_planted_mistakes_fail_the_comparison(stage, mistake, reference, tmp_path):
     """Each mistake the comparison is there to catch, planted in one stage, puts it out of tolerance."""
     loss, norm, weights, where = compare(stage, reference, tmp_path, mutate=mistake)
