@@ -139,6 +139,8 @@ def test_exact_match_is_evaluated(trained):
     trainer, _ = trained
     metrics = trainer.evaluate()
     assert "eval_exact_match" in metrics and 0.0 <= metrics["eval_exact_match"] <= 1.0
+    logged = [entry for entry in trainer.state.log_history if "eval_loss" in entry][-1]
+    assert logged["eval_exact_match"] == metrics["eval_exact_match"]  # in the same entry the callbacks see
     assert "eval_loss" in metrics
 
 

@@ -18,7 +18,7 @@ import math
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer, TrainerCallback
 
-from ..trainers.base import HubPublishing, disable_dropout
+from ..trainers.base import LibraryTrainerMixin, disable_dropout
 from ..trainers.inputs import default_config, is_name
 from .coconut_config import CoconutConfig
 from .configuration_coconut import END_LATENT, LATENT, START_LATENT
@@ -50,7 +50,7 @@ class CurriculumCallback(TrainerCallback):
             trainer.optimizer_resets.append(epoch)
 
 
-class CoconutTrainer(HubPublishing, Trainer):
+class CoconutTrainer(LibraryTrainerMixin, Trainer):
     """Trains a Coconut model through its curriculum.
 
     Args:
@@ -167,21 +167,20 @@ class CoconutTrainer(HubPublishing, Trainer):
         outputs = model(**inputs)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
-    def get_decay_parameter_names(self, model) -> list[str]:
-        if self.args.weight_decay_all_parameters:
-            return [name for name, _ in model.named_parameters()]
-        return super().get_decay_parameter_names(model)
-
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         if self.eval_dataset is not None and self.train_dataset is not None:
             self.eval_dataset.set_epoch(self.train_dataset.epoch)
-        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+        """The Trainer's loop plus generation-based exact match in the same metrics, so the log,
+        `on_evaluate` callbacks and early stopping see `<prefix>_exact_match`."""
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         if self.eval_examples is not None and self.args.eval_exact_match_samples:
             stage = self.train_dataset.stage if self.train_dataset is not None else self.args.start_epoch // self.args.epochs_per_stage
-            exact = self.exact_match(self.eval_examples, stage, self.args.eval_exact_match_samples)
-            metrics[f"{metric_key_prefix}_exact_match"] = exact
-            self.log({f"{metric_key_prefix}_exact_match": exact})
-        return metrics
+            output.metrics[f"{metric_key_prefix}_exact_match"] = self.exact_match(self.eval_examples, stage,
+                                                                                  self.args.eval_exact_match_samples)
+        return output
 
     @torch.no_grad()
     def exact_match(self, examples, stage: int, limit: int) -> float:

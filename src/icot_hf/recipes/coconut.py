@@ -12,7 +12,6 @@ import logging
 
 from transformers import set_seed
 
-from icot_hf.coconut import CoconutForCausalLM
 from icot_hf.coconut.coconut_config import CoconutConfig
 from icot_hf.coconut.coconut_trainer import CoconutTrainer
 from icot_hf.data import load_icot_dataset
@@ -43,7 +42,6 @@ def main():
     if script_args.eval_split and script_args.eval_split in dataset:
         evaluation = split(dataset, script_args.eval_split, script_args.max_eval_samples)
     trainer = CoconutTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer)
-    assert isinstance(trainer.model, CoconutForCausalLM)
     train_and_save(trainer, training_args)
 
 

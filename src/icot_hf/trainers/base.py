@@ -140,8 +140,17 @@ class FrozenTeacherMixin:
         )
 
 
-class HubPublishing:
-    """Every icot_hf trainer's card and push: one publishing path (`icot_hf.hub.push_folder`)."""
+class LibraryTrainerMixin:
+    """What every icot_hf trainer shares: the released code's AdamW parameter groups, and one
+    publishing path for cards and pushes (`icot_hf.hub.push_folder`)."""
+
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        """With `weight_decay_all_parameters`, every parameter decays (the released code's
+        `torch.optim.AdamW(all parameters)`); otherwise the Trainer's groups (no decay on biases
+        and norm weights)."""
+        if getattr(self.args, "weight_decay_all_parameters", False):
+            return [name for name, _ in model.named_parameters()]
+        return super().get_decay_parameter_names(model)
 
     card_stage = "teacher"  # the model card's stage (icot_hf.hub.STAGES)
 
@@ -187,7 +196,7 @@ class HubPublishing:
         """The repository is created when the model is pushed (`push_to_hub`), not at start."""
 
 
-class ICoTTrainer(HubPublishing, Trainer):
+class ICoTTrainer(LibraryTrainerMixin, Trainer):
     """Trainer with per-stage metric logging and loss-only prediction steps, taking what TRL's
     trainers take (see `inputs.py`): a model or its name, `args=None` for the stage's defaults,
     raw or tokenised datasets, `processing_class`, `peft_config`."""
@@ -238,14 +247,6 @@ class ICoTTrainer(HubPublishing, Trainer):
     def views(self, training_args) -> tuple[str, ...]:
         """The tokenised views this stage reads (data.build_views)."""
         return ("explicit", "implicit")
-
-    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
-        """With `weight_decay_all_parameters`, every parameter decays (the released code's
-        `torch.optim.AdamW(all parameters)`); otherwise the Trainer's groups (no decay on biases
-        and norm weights)."""
-        if getattr(self.args, "weight_decay_all_parameters", False):
-            return [name for name, _ in model.named_parameters()]
-        return super().get_decay_parameter_names(model)
 
     def causal_lm_loss(self, model, labels: torch.Tensor, **forward_kwargs):
         """(loss, outputs) of `model(**forward_kwargs)` against `labels`, recording token accuracy.
