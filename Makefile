@@ -7,7 +7,7 @@ METHODS ?=
 TEST_FILE ?= $(firstword $(wildcard ../shared/data/icot_original/$(subst x,_by_,$(subst _mult,,$(TASK)))_mult/test_bigbench.txt))
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help install install-deepspeed reproduce test test-fast bench bench-train bench-precision bench-coconut clean
+.PHONY: help install install-deepspeed reproduce test test-fast mutants bench bench-train bench-precision bench-coconut clean
 
 ## This list of targets
 help:
@@ -36,6 +36,10 @@ test: install
 ## The tests not marked slow
 test-fast: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" tests
+
+## Plant each mistake of tests/mutants.yaml in a scratch copy and require the tests to catch it (all entries, ~30 min)
+mutants: install
+	HF_HUB_OFFLINE=1 $(PY) scripts/mutants.py --report results/mutants.json
 
 BENCH_TASKS ?= $(foreach t,4x4 5x5,$(if $(wildcard outputs/$(t)_mult/coupled/training_complete.json),$(t)))
 BENCH_FILES = $(foreach t,$(BENCH_TASKS),$(wildcard ../shared/data/icot_original/$(subst x,_by_,$(t))_mult/test_bigbench.txt))

@@ -4,6 +4,15 @@ tokenizer, fp32, 4x4 lines, the real Trainer; steps after a warm-up timed).
 
     python benchmarks/train_throughput.py --output_dir results          # all variants
     python benchmarks/train_throughput.py --smoke --output_dir /tmp/t   # tiny, for CI
+    python benchmarks/train_throughput.py --precisions fp32 bf16 --vocab digit gpt2 llama128k --rounds 3 \
+        --label_logits on --stages teacher --batch_sizes 32 --name vocab_precision --output_dir results
+
+`--precisions fp32 bf16` compares mixed precision with full precision (on a CPU: bf16 autocast,
+worth it only where the CPU has avx512_bf16 or AMX); `--vocab` picks the output layer's size: the
+digit tokenizer's, GPT-2's 50,257, or a Llama-3-sized 128,256 (a 4 x 128 Llama, GPT-2's token ids,
+random weights: only the head's size matters for speed); `--rounds` repeats every variant that many
+times, interleaved (round 1 of each variant, then round 2, ...), so a drift of the machine's speed
+falls on all of them alike.
 
 Each variant runs in its own process (so its peak memory is its own: peak RSS on CPU, peak
 allocated on GPU) and reports samples/s and tokens/s (tokens of the view the stage trains on:
@@ -68,15 +77,26 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run_variant(stage: str, batch_size: int, label_logits_only: bool, args) -> dict:
+def run_variant(stage: str, batch_size: int, label_logits_only: bool, precision: str, vocab: str, args) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    layers, width, heads = SHAPES[args.shape]
     if args.smoke:
         tokenizer = build_digit_tokenizer()
         config = GPT2Config(vocab_size=len(tokenizer), n_layer=2, n_embd=32, n_head=2, n_positions=256, eos_token_id=1, bos_token_id=1)
+    elif vocab == "digit":
+        tokenizer = build_digit_tokenizer()
+        config = GPT2Config(vocab_size=len(tokenizer), n_layer=layers, n_embd=width, n_head=heads, n_positions=1024,
+                            eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+    elif vocab == "llama128k":
+        from transformers import LlamaConfig
+
+        tokenizer = gpt2_tokenizer()
+        config = LlamaConfig(vocab_size=128256, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=4, num_attention_heads=heads,
+                             num_key_value_heads=heads, max_position_embeddings=1024, eos_token_id=tokenizer.eos_token_id,
+                             bos_token_id=tokenizer.eos_token_id)
     else:
         tokenizer = gpt2_tokenizer()
-        layers, width, heads = SHAPES[args.shape]
         config = GPT2Config(n_layer=layers, n_embd=width, n_head=heads, n_positions=1024)
     rows = [format_problem(a, b, 4) for a, b in sample_problems(4, batch_size * 8, seed=0)]
     from datasets import Dataset
@@ -85,7 +105,8 @@ def run_variant(stage: str, batch_size: int, label_logits_only: bool, args) -> d
     steps = args.warmup + args.steps
     common = dict(output_dir=tempfile.mkdtemp(prefix="train_throughput_"), max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=1e-4,
                   lr_scheduler_type="constant", report_to="none", save_strategy="no", eval_strategy="no", logging_steps=10**6,
-                  disable_tqdm=True, label_logits_only=label_logits_only, dataloader_num_workers=0, bf16=args.bf16)
+                  disable_tqdm=True, label_logits_only=label_logits_only, dataloader_num_workers=0, bf16=precision == "bf16",
+                  use_cpu=not torch.cuda.is_available())
     teacher = AutoModelForCausalLM.from_config(config)
     timer = StepTimer(args.warmup)
     collator = ICoTCollator(tokenizer.pad_token_id)
@@ -100,22 +121,44 @@ def run_variant(stage: str, batch_size: int, label_logits_only: bool, args) -> d
     trainer.train()
     samples_per_second = timer.steps * batch_size / timer.seconds
     tokens = sum(len(ids) for ids in data[f"{view}_input_ids"]) / len(data)
-    return {"stage": stage, "batch_size": batch_size, "label_logits_only": label_logits_only, "samples_per_second": samples_per_second,
+    return {"stage": stage, "batch_size": batch_size, "label_logits_only": label_logits_only, "precision": precision, "vocab": vocab,
+            "vocab_size": config.vocab_size, "samples_per_second": samples_per_second,
             "tokens_per_second": samples_per_second * tokens, "tokens_per_example": tokens, "steps_timed": timer.steps,
             "peak_memory_mb": peak_memory_mb(), "threads": args.threads}
 
 
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    from icot_hf.precision import cpu_bf16_flags
+
+    try:
+        model = next(line.partition(":")[2].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = "CPU"
+    return f"{model} (bf16 instructions: {', '.join(cpu_bf16_flags()) or 'none'})"
+
+
 def markdown(results: list[dict], args) -> str:
-    lines = ["# Training throughput (teacher and mind-reading stages)", "",
-             f"{'Smoke run (tiny model, digit tokenizer).' if args.smoke else f'GPT-2 {args.shape}, GPT-2 BPE tokenizer (50,257 tokens), ' + ('bf16' if args.bf16 else 'fp32') + ', 4x4 lines.'} "
-             f"Device: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}. "
-             f"Real Trainer, {args.steps} steps timed after {args.warmup}; {args.threads} torch thread(s); one variant per process, "
-             "one at a time. Peak memory: the process's peak RSS on CPU (model, data and Python included), peak allocated on GPU.", "",
-             "| stage | batch | label-position logits | samples/s | tokens/s | tokens/example | peak memory (MiB) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"# Training throughput ({', '.join(args.stages)})", "",
+             f"{'Smoke run (tiny model, digit tokenizer).' if args.smoke else f'GPT-2 shape {args.shape} (Llama 4 layers at 128k), 4x4 lines.'} "
+             f"Device: {device_name()}. Real Trainer, {args.steps} steps timed after {args.warmup}; {args.threads} torch thread(s); one "
+             f"variant per process, one at a time, {args.rounds} interleaved round(s) (median; every round listed). Peak memory: the "
+             "process's peak RSS on CPU (model, data and Python included), peak allocated on GPU.", "",
+             "| stage | vocabulary | batch | label-position logits | precision | samples/s (median) | rounds | vs fp32 | tokens/s | peak memory (MiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple, list[dict]] = {}
     for r in results:
-        lines.append(f"| {r['stage']} | {r['batch_size']} | {'yes' if r['label_logits_only'] else 'no (full logits)'} | "
-                     f"{r['samples_per_second']:.1f} | {r['tokens_per_second']:.0f} | {r['tokens_per_example']:.1f} | {r['peak_memory_mb']:.0f} |")
+        groups.setdefault((r["stage"], r["vocab"], r["batch_size"], r["label_logits_only"], r["precision"]), []).append(r)
+    medians = {key: sorted(r["samples_per_second"] for r in rs)[len(rs) // 2] for key, rs in groups.items()}
+    for key, rs in groups.items():
+        stage, vocab, batch, label, precision = key
+        fp32 = medians.get((stage, vocab, batch, label, "fp32"))
+        ratio = f"{medians[key] / fp32:.2f}x" if fp32 and precision != "fp32" else "-"
+        rounds = ", ".join(f"{r['samples_per_second']:.1f}" for r in rs)
+        lines.append(f"| {stage} | {vocab} ({rs[0]['vocab_size']:,}) | {batch} | {'yes' if label else 'no (full logits)'} | {precision} | "
+                     f"{medians[key]:.1f} | {rounds} | {ratio} | "
+                     f"{sorted(r['tokens_per_second'] for r in rs)[len(rs) // 2]:.0f} | {max(r['peak_memory_mb'] for r in rs):.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -128,34 +171,42 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="8x128", help="GPT-2 shape (random weights: speed only)")
-    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (the same as --precisions bf16)")
+    parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=None, help="Precisions to compare (default fp32).")
+    parser.add_argument("--vocab", nargs="+", choices=("digit", "gpt2", "llama128k"), default=["gpt2"], help="Output layer sizes to run.")
+    parser.add_argument("--label_logits", choices=("both", "on", "off"), default="both", help="Label-position logits on, off or both.")
+    parser.add_argument("--rounds", type=int, default=1, help="Interleaved repetitions of every variant.")
+    parser.add_argument("--name", default="train_throughput", help="Output file name (<name>.json, <name>.md).")
     parser.add_argument("--smoke", action="store_true", help="tiny model and digit tokenizer, 3 steps after 1")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # stage,batch,label_logits_only: run one variant, print JSON
     args = parser.parse_args(argv)
     if args.smoke:
         args.steps, args.warmup, args.batch_sizes = 3, 1, [8]
+    precisions = args.precisions or (["bf16"] if args.bf16 else ["fp32"])
     if args.one:
-        stage, batch, label = args.one.split(",")
-        print("RESULT " + json.dumps(run_variant(stage, int(batch), label == "1", args)), flush=True)
+        stage, batch, label, precision, vocab = args.one.split(",")
+        print("RESULT " + json.dumps(run_variant(stage, int(batch), label == "1", precision, vocab, args)), flush=True)
         return
+    labels = {"both": (False, True), "on": (True,), "off": (False,)}[args.label_logits]
+    variants = [(stage, batch_size, label, precision, vocab) for stage in args.stages for vocab in args.vocab for batch_size in args.batch_sizes
+                for label in labels for precision in precisions]
     results = []
-    for stage in args.stages:
-        for batch_size in args.batch_sizes:
-            for label in (False, True):
-                command = [sys.executable, __file__, "--one", f"{stage},{batch_size},{int(label)}", "--output_dir", args.output_dir,
-                           "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads), "--shape", args.shape] + \
-                    (["--smoke"] if args.smoke else []) + (["--bf16"] if args.bf16 else [])
-                run = subprocess.run(command, capture_output=True, text=True)
-                if run.returncode != 0:
-                    raise SystemExit(f"train_throughput: {stage} batch {batch_size} failed:\n{run.stderr[-3000:]}")
-                result = json.loads(next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))[7:])
-                print(f"{stage} batch {batch_size} label-position logits {label}: {result['samples_per_second']:.1f} samples/s, "
-                      f"{result['tokens_per_second']:.0f} tokens/s, peak {result['peak_memory_mb']:.0f} MiB", flush=True)
-                results.append(result)
+    for _ in range(args.rounds):
+        for stage, batch_size, label, precision, vocab in variants:
+            command = [sys.executable, __file__, "--one", f"{stage},{batch_size},{int(label)},{precision},{vocab}", "--output_dir",
+                       args.output_dir, "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
+                       "--shape", args.shape] + (["--smoke"] if args.smoke else [])
+            run = subprocess.run(command, capture_output=True, text=True)
+            if run.returncode != 0:
+                raise SystemExit(f"train_throughput: {stage} batch {batch_size} {precision} {vocab} failed:\n{run.stderr[-3000:]}")
+            result = json.loads(next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))[7:])
+            print(f"{stage} {vocab} batch {batch_size} label-position logits {label} {precision}: {result['samples_per_second']:.1f} "
+                  f"samples/s, {result['tokens_per_second']:.0f} tokens/s, peak {result['peak_memory_mb']:.0f} MiB", flush=True)
+            results.append(result)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train_throughput.json").write_text(json.dumps({"results": results, "settings": vars(args)}, indent=2))
-    (out / "train_throughput.md").write_text(markdown(results, args))
+    (out / f"{args.name}.json").write_text(json.dumps({"results": results, "settings": vars(args), "device": device_name()}, indent=2))
+    (out / f"{args.name}.md").write_text(markdown(results, args))
     print(markdown(results, args))
 
 

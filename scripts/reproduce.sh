@@ -58,6 +58,13 @@ RESULTS=${RESULTS:-results/$TASK$SUFFIX}
 mkdir -p "$OUT" "$RESULTS" logs
 export HF_HUB_DISABLE_TELEMETRY=1
 STARTED=$(date +%s)
+EVENTS=logs/${TASK}_progress.txt  # `start|end NAME TIME` as stages begin and end, read by the progress line
+PROGRESS_EVERY=${PROGRESS_EVERY:-300}  # seconds between progress lines while the two lanes train
+PHASES=()  # the run as `python -m icot_hf.progress` reads it: phases in turn, lanes (|) side by side, name:output_dir
+progress() {  # one line: each running stage's step and time left, and the whole run's (estimates from the last recorded run)
+  local phases=(); for phase in "${PHASES[@]}"; do phases+=(--phase "$phase"); done
+  "$PY" -m icot_hf.progress --events "$EVENTS" --since "$STARTED" --reference "$RESULTS/results.json" "${phases[@]}" 2>/dev/null || true
+}
 
 timed() {  # timed NAME COMMAND...: run, log to logs/, and record the wall time of stages that trained (MARKER=their output's marker)
   local name=$1; shift
@@ -65,11 +72,14 @@ timed() {  # timed NAME COMMAND...: run, log to logs/, and record the wall time 
   local marker=${MARKER:-}
   local before=""; [ -n "$marker" ] && [ -f "$marker" ] && before=$(stat -c %Y.%s "$marker")
   echo "==> [$TASK] $name  ($(date +%H:%M:%S))"
+  echo "start $name $t0" >> "$EVENTS"
+  [ "${#PHASES[@]}" -gt 0 ] && progress
   if [ -n "${QUIET:-}" ]; then
     "$@" > "logs/${TASK}_${name}.log" 2>&1 || { echo "==> [$TASK] $name FAILED: see logs/${TASK}_${name}.log"; tail -n 20 "logs/${TASK}_${name}.log"; return 1; }
   else
     "$@" 2>&1 | tee "logs/${TASK}_${name}.log" || return 1
   fi
+  echo "end $name $(date +%s)" >> "$EVENTS"
   if [ -n "$marker" ] && [ -f "$marker" ] && [ "$(stat -c %Y.%s "$marker")" = "$before" ]; then
     echo "==> [$TASK] $name: already done with these settings and upstream models ($(dirname "$marker"))"
     return
@@ -82,6 +92,15 @@ timed() {  # timed NAME COMMAND...: run, log to logs/, and record the wall time 
 
 stage() {  # stage NAME RECIPE CONFIG OUTPUT_DIR [extra args]
   local name=$1 recipe=$2 config=$3 output=$4; shift 4
+  if [ -n "${PLANNING:-}" ]; then  # only list the stage for the one up-front check (icot_hf.recipes.finished)
+    # shellcheck disable=SC2086
+    PLAN+=("$recipe" --config "$CONFIGS/$config.yaml" --output_dir "$output" --rerun_if_changed true "$@" $EXTRA_ARGS ::)
+    return
+  fi
+  if [ -n "${ALL_FINISHED:-}" ]; then
+    echo "==> [$TASK] $name: already done with these settings and upstream models ($output)"
+    return
+  fi
   # shellcheck disable=SC2086
   MARKER="$output/training_complete.json" timed "$name" "$ACCELERATE" launch --config_file "$ACCELERATE_CONFIG" $LAUNCH_ARGS "$REPO/recipes/$recipe.py" \
     --config "$CONFIGS/$config.yaml" --output_dir "$output" --rerun_if_changed true "$@" $EXTRA_ARGS
@@ -109,6 +128,37 @@ if [ -f "$CONFIGS/tokenizer.yaml" ]; then
   fi
 fi
 
+# The plan the progress line follows (the same stages as below, in the same order).
+lane1="" lane2="no_cot:$OUT/no_cot"
+wants stepwise && lane1="stepwise:$OUT/stepwise"
+wants coconut && lane1="$lane1 coconut:$OUT/coconut"
+wants kd && lane2="$lane2 mind_reading:$OUT/mind_reading emulator:$OUT/emulator coupled:$OUT/coupled"
+PHASES=("teacher:$OUT/teacher")
+if [ "$LANES" -ge 2 ] && [ -n "$lane1" ]; then PHASES+=("$lane1 | $lane2"); else PHASES+=("$lane2 $lane1"); fi
+PHASES+=("evaluate")
+
+stepwise_lane() {
+  if wants stepwise; then stage stepwise stepwise stepwise "$OUT/stepwise" --teacher_name_or_path "$OUT/teacher"; fi
+  if wants coconut; then stage coconut coconut coconut "$OUT/coconut" --teacher_name_or_path "$OUT/teacher"; fi
+}
+baseline_and_kd_lane() {
+  stage no_cot teacher no_cot "$OUT/no_cot"
+  if wants kd; then
+    stage mind_reading mind_reading mind_reading "$OUT/mind_reading" --teacher_name_or_path "$OUT/teacher"
+    stage emulator emulator emulator "$OUT/emulator" --teacher_name_or_path "$OUT/teacher"
+    stage coupled couple couple "$OUT/coupled" --student_name_or_path "$OUT/mind_reading" --emulator_name_or_path "$OUT/emulator"
+  fi
+}
+# Every stage finished with these settings already (a re-run right after a run)? One launch asks for
+# all of them; otherwise each stage is launched and decides for itself, as below.
+PLAN=()
+PLANNING=1; stage teacher teacher teacher "$OUT/teacher"; stepwise_lane; baseline_and_kd_lane; PLANNING=""
+# shellcheck disable=SC2086
+if "$ACCELERATE" launch --config_file "$ACCELERATE_CONFIG" $LAUNCH_ARGS -m icot_hf.recipes.finished "${PLAN[@]}" > "logs/${TASK}_finished.log" 2>&1; then
+  ALL_FINISHED=1
+  echo "==> [$TASK] every stage is finished with these settings and upstream models: nothing to train"
+fi
+
 # 2. the explicit-CoT teacher (all cores)
 stage teacher teacher teacher "$OUT/teacher"
 
@@ -129,25 +179,18 @@ if wants coconut; then
   models+=(--coconut_model "$OUT/coconut")
   curves+=(coconut="$OUT/coconut")
 fi
-stepwise_lane() {
-  if wants stepwise; then stage stepwise stepwise stepwise "$OUT/stepwise" --teacher_name_or_path "$OUT/teacher"; fi
-  if wants coconut; then stage coconut coconut coconut "$OUT/coconut" --teacher_name_or_path "$OUT/teacher"; fi
-}
-baseline_and_kd_lane() {
-  stage no_cot teacher no_cot "$OUT/no_cot"
-  if wants kd; then
-    stage mind_reading mind_reading mind_reading "$OUT/mind_reading" --teacher_name_or_path "$OUT/teacher"
-    stage emulator emulator emulator "$OUT/emulator" --teacher_name_or_path "$OUT/teacher"
-    stage coupled couple couple "$OUT/coupled" --student_name_or_path "$OUT/mind_reading" --emulator_name_or_path "$OUT/emulator"
-  fi
-}
 if [ "$LANES" -ge 2 ] && { wants stepwise || wants coconut; }; then
   threads=$(( CORES / 2 > 0 ? CORES / 2 : 1 ))
   echo "==> [$TASK] two lanes, $threads thread(s) each: ICoT-SI here; no-CoT and ICoT-KD in logs/${TASK}_*.log"
   ( export OMP_NUM_THREADS=$threads QUIET=1; baseline_and_kd_lane ) &
   other=$!
+  # every PROGRESS_EVERY seconds, both lanes in one line (the second lane's bars are in its log)
+  ( while sleep "$PROGRESS_EVERY"; do echo; progress; done ) &
+  monitor=$!
+  trap 'kill "$monitor" 2>/dev/null || true' EXIT
   OMP_NUM_THREADS=$threads stepwise_lane || { kill "$other" 2>/dev/null; wait "$other" 2>/dev/null; exit 1; }
   wait "$other" || { echo "reproduce: the no-CoT / ICoT-KD lane failed"; exit 1; }
+  kill "$monitor" 2>/dev/null || true
 else
   baseline_and_kd_lane
   stepwise_lane

@@ -109,3 +109,46 @@ def test_evaluate_models_writes_the_frontier(tmp_path, tokenizer):
         assert point["cot_tokens_generated"] >= 0.0
     assert "cot_tokens_generated" in results["evaluations"][str(test_file)]["explicit_cot"]
     assert "Frontier" in (out / "results.md").read_text() and (out / "frontier.png").stat().st_size > 0
+    # A re-run with the same models and settings evaluates nothing and rewrites nothing.
+    written = {name: (out / name).read_bytes() for name in ("results.json", "results.md", "frontier.png")}
+    again = subprocess.run(run.args, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "unchanged" in again.stdout and "nothing is evaluated again" in again.stderr
+    assert {name: (out / name).read_bytes() for name in written} == written
+    # Interrupted after its third measurement (a crash, a kill), the evaluation resumes from what it
+    # had finished and measures only the rest; the table it ends with keeps the finished entries.
+    import icot_hf.recipes.evaluate_models as evaluate_models
+
+    (out / "results.json").unlink()
+    calls, real = [], evaluate_models.evaluate_answerer
+
+    def crashing(*args, **kwargs):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(kwargs.get("description"))
+        return real(*args, **kwargs)
+
+    argv = ["evaluate_models.py", *run.args[2:]]
+    monkeypatched = dict(evaluate_answerer=crashing)
+    saved, saved_argv = {k: getattr(evaluate_models, k) for k in monkeypatched}, sys.argv
+    try:
+        vars(evaluate_models).update(monkeypatched)
+        sys.argv = argv
+        try:
+            evaluate_models.main()
+        except KeyboardInterrupt:
+            pass
+        partial = json.loads((out / "results.partial.json").read_text())
+        assert not (out / "results.json").exists() and sum(map(len, partial["done"].values())) == 1  # teacher done (2 measurements)
+        vars(evaluate_models).update(saved)
+        counted = []
+        vars(evaluate_models)["evaluate_answerer"] = lambda *a, **k: counted.append(k.get("description")) or real(*a, **k)
+        evaluate_models.main()
+    finally:
+        vars(evaluate_models).update(saved)
+        sys.argv = saved_argv
+    assert not any(d.startswith("explicit_cot") for d in counted)  # the teacher's entry was not measured again
+    resumed = json.loads((out / "results.json").read_text())
+    assert resumed["evaluations"][str(test_file)]["explicit_cot"] == partial["done"]["methods"][json.dumps([str(test_file), "explicit_cot"])]
+    assert [p["exact_match"] for p in resumed["frontier"]] == [p["exact_match"] for p in frontier]
+    assert not (out / "results.partial.json").exists()

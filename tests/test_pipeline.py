@@ -60,16 +60,23 @@ def test_reproduce_pipeline_end_to_end(tmp_path):
     assert config["model_type"] == "icot" and config["student"]["base_config"]["model_type"] == "gpt2"
     results_times = json.loads((tmp_path / "results" / "tiny" / "results.json").read_text())["stage_wall_seconds"]
     assert set(results_times) >= {"teacher", "no_cot", "mind_reading", "emulator", "coupled", "stepwise"}
-    assert "Wall time per stage" in table
+    assert "Wall time per stage" in table and "evaluate" in results_times
+    # Progress: a line at each stage start with the stage's step and the run's time left.
+    assert run.stdout.count("progress ") >= 6 and "run: " in run.stdout
+    events = (tmp_path / "logs" / "tiny_progress.txt").read_text().split()
+    assert {"teacher", "stepwise", "coupled", "evaluate"} <= set(events[1::3])
     # A second run finds every stage finished with the same settings: no stage trains again.
     timed_lines = (tmp_path / "results" / "tiny" / "stage_seconds.txt").read_text().splitlines()
+    written = {p.name: p.read_bytes() for p in (tmp_path / "results" / "tiny").glob("results.*")}
     again = subprocess.run(["bash", str(REPO / "scripts" / "reproduce.sh")], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert again.stdout.count("already done with these settings") == 7  # the data and six stages
     retimed = (tmp_path / "results" / "tiny" / "stage_seconds.txt").read_text().splitlines()
-    assert retimed == timed_lines  # nothing trained, so no time recorded (evaluation has no marker: never timed as a stage)
+    assert retimed == timed_lines  # nothing trained, so no time recorded
+    assert "results.json is unchanged" in again.stdout  # nothing evaluated again, the table not rewritten
+    assert {p.name: p.read_bytes() for p in (tmp_path / "results" / "tiny").glob("results.*")} == written
     assert set(json.loads((tmp_path / "results" / "tiny" / "results.json").read_text())["stage_wall_seconds"]) == {
-        "data", "teacher", "no_cot", "mind_reading", "emulator", "coupled", "stepwise"}
+        "data", "teacher", "no_cot", "mind_reading", "emulator", "coupled", "stepwise", "evaluate"}
     # A changed emulator config retrains the emulator, and the coupled model built from the old
     # emulator (its upstream) with it; the teacher, student and the rest stay as they were.
     configs = tmp_path / "configs"

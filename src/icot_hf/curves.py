@@ -120,9 +120,13 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("curves: no learning_curve.json in any of the given folders")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "learning_curves.json").write_text(json.dumps(curves, indent=2))
+    text = json.dumps(curves, indent=2)
+    if (out / "learning_curves.json").is_file() and (out / "learning_curves.json").read_text() == text and (out / "learning_curves.png").is_file():
+        print(f"curves: {out / 'learning_curves.json'} is unchanged (the same stages' curves): nothing written")
+        return
     (out / "learning_curves.md").write_text(f"# Learning curves{': ' + args.title if args.title else ''}\n\n" + curves_table(curves))
     plot_learning_curves(curves, out / "learning_curves.png", args.title)
+    (out / "learning_curves.json").write_text(text)  # last: what a re-run compares with, so a crash before it redraws
     print(f"wrote {out / 'learning_curves.png'}, learning_curves.json, learning_curves.md")
 
 

@@ -40,7 +40,7 @@ class HubUnavailableError(OSError):
 # run bookkeeping, checkpoints, staging files, and the folder's own README (the card replaces it
 # on the Hub, uploaded from memory; the local file is left as it is).
 NOT_UPLOADED = ["training_args.bin", "checkpoint-*", "incomplete-checkpoint-*", "*.tmp", "run_settings.json", "run_checkpoints.json",
-                ".icot_run.lock", "README.md", "runs/*"]
+                ".icot_run.lock", "README.md", "runs/*", "progress.json"]
 
 
 def _template(name: str) -> str:

@@ -18,6 +18,12 @@ argmax the token accuracy needs, and on this CPU it is slower: 6.1 s on its refe
 18-51 s on its chunked one, against 4.5 s here (3,072 rows, H = 128, V = 50,257, forward and
 backward, one thread). So the loss stays here, checked against torch's.
 
+Mixed precision: accelerate applies autocast inside `model.forward`, and this loss runs after the
+forward returns, so it would make the logits with the fp32 master weight, in fp32, the largest
+matmul of a small model's step. The trainers pass their compute dtype (bf16/fp16) instead: the
+logits and the weight's gradient are then made by that dtype's matmul (fp32 accumulation), and
+the log-sum-exp, the loss and the gradient's sum over chunks stay in fp32.
+
 It applies where the logits are exactly `lm_head(last_hidden_state)` (`PLAIN_HEAD_MODEL_TYPES`,
 no soft-capping or logit scale) and the head's weight is a whole tensor (not under DeepSpeed
 ZeRO-3, which partitions it outside the module's forward); elsewhere `label_position_loss`
@@ -45,8 +51,14 @@ class LinearCrossEntropy(torch.autograd.Function):
     made in the forward pass (softmax - one-hot, per chunk), so no (N, V) tensor is kept."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk_rows):
+    def forward(ctx, hidden, weight, bias, targets, chunk_rows, compute_dtype=None):
         count = hidden.shape[0]
+        # Under mixed precision the two large matmuls (logits; the weight's gradient) run in the
+        # compute dtype, accumulating in fp32 inside each matmul; the log-sum-exp, the loss, the
+        # softmax gradient and the sum over chunks of the weight's gradient stay in fp32.
+        low = compute_dtype if compute_dtype is not None and compute_dtype != torch.float32 else None
+        matmul_weight = weight.to(low) if low is not None else weight
+        matmul_hidden = hidden.to(low) if low is not None else hidden
         needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or (bias is not None and ctx.needs_input_grad[2])
         grad_hidden = torch.empty_like(hidden) if needs_grad else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_grad else None
@@ -55,7 +67,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         predictions = torch.empty_like(targets)
         for start in range(0, count, chunk_rows):
             rows = slice(start, min(start + chunk_rows, count))
-            logits = hidden[rows] @ weight.t()
+            logits = matmul_hidden[rows] @ matmul_weight.t()
             if bias is not None:
                 logits = logits + bias
             logits = logits.float()
@@ -66,8 +78,11 @@ class LinearCrossEntropy(torch.autograd.Function):
             if needs_grad:  # d(sum of CE)/d(logits) = softmax - one-hot, made in place over the logits
                 grad_logits = logits.sub_(log_normaliser.unsqueeze(1)).exp_()
                 grad_logits[torch.arange(grad_logits.shape[0], device=grad_logits.device), target] -= 1.0
-                grad_hidden[rows] = (grad_logits.to(weight.dtype) @ weight).div_(count).to(hidden.dtype)
-                grad_weight.addmm_(grad_logits.t(), hidden[rows].float())
+                grad_hidden[rows] = (grad_logits.to(matmul_weight.dtype) @ matmul_weight).div_(count).to(hidden.dtype)
+                if low is None:
+                    grad_weight.addmm_(grad_logits.t(), hidden[rows].float())
+                else:  # this chunk's (V, H) sum in the compute dtype, added to the fp32 total
+                    grad_weight += grad_logits.to(low).t() @ matmul_hidden[rows]
                 if grad_bias is not None:
                     grad_bias += grad_logits.sum(0)
         if needs_grad:  # the mean's 1/N, applied once to the (V, H) sums
@@ -86,7 +101,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         hidden_grad = grad_hidden * grad_loss.to(grad_hidden.dtype) if grad_hidden is not None else None
         weight_grad = (grad_weight * grad_loss).to(ctx.weight_dtype) if grad_weight is not None else None
         bias_grad = (grad_bias * grad_loss).to(ctx.bias_dtype) if grad_bias is not None else None
-        return hidden_grad, weight_grad, bias_grad, None, None
+        return hidden_grad, weight_grad, bias_grad, None, None, None
 
 
 def causal_lm_inside(model: nn.Module) -> nn.Module:
@@ -134,11 +149,14 @@ def captured_last_hidden(lm: nn.Module):
         handle.remove()
 
 
-def label_position_loss(model: nn.Module, labels: torch.Tensor, chunk_rows: int | None = None, **forward_kwargs):
+def label_position_loss(model: nn.Module, labels: torch.Tensor, chunk_rows: int | None = None, compute_dtype: torch.dtype | None = None,
+                        **forward_kwargs):
     """(loss, token accuracy) of `model(**forward_kwargs)` on the positions `labels` marks
     (unshifted, -100 ignored, like HF's causal-LM loss), with the output layer computed on
     those positions only; None where the model's head is not a plain linear layer (see the
-    module docstring): the caller then uses the model's own loss."""
+    module docstring): the caller then uses the model's own loss. `compute_dtype` (bf16/fp16
+    under mixed precision; by default the head's own dtype) is what the output layer's matmuls
+    run in: the model's forward runs under autocast, but this loss runs after it returns."""
     lm = causal_lm_inside(model)
     if not label_logits_supported(lm):
         return None
@@ -151,5 +169,6 @@ def label_position_loss(model: nn.Module, labels: torch.Tensor, chunk_rows: int 
     if not bool(keep.any()):
         return hidden.sum() * 0.0, hidden.new_zeros(())
     chunk_rows = chunk_rows or max(16, CHUNK_ELEMENTS // head.weight.shape[0])
-    loss, predictions = LinearCrossEntropy.apply(hidden[keep], head.weight, head.bias, targets[keep], chunk_rows)
+    loss, predictions = LinearCrossEntropy.apply(hidden[keep], head.weight, head.bias, targets[keep], chunk_rows,
+                                                 compute_dtype or head.weight.dtype)
     return loss, (predictions == targets[keep]).float().mean()

@@ -24,6 +24,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from .curves import write_learning_curve
 from .data import SEQUENCE_FORMATS, load_icot_dataset, tokenize_dataset, without_empty_cot
 from .precision import precision_of
+from .progress import ProgressFile
 from .run_record import CHECKPOINTS_FILE, record_checkpoint, written_by_this_run
 from .run_record import begin_run as begin_run_record
 from .run_record import finish_run  # noqa: F401
@@ -346,6 +347,7 @@ def train_and_save(trainer, training_args) -> dict:
     if an earlier run of the same settings was interrupted), save the final model and
     tokenizer, evaluate, and mark the stage complete (`begin_run` has cleared the marker)."""
     trainer.add_callback(RecordCheckpoints())
+    trainer.add_callback(ProgressFile())
     resume = training_args.resume_from_checkpoint or last_checkpoint(training_args.output_dir)
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)

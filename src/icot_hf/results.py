@@ -8,8 +8,9 @@ import json
 import os
 from pathlib import Path
 
-# `make reproduce` with LANES=2 trains ICoT-SI in one lane and these, one after another, in the other.
+# `make reproduce` with LANES=2 trains ICoT-SI (and Coconut) in one lane and these, one after another, in the other.
 SECOND_LANE = ("no_cot", "mind_reading", "emulator", "coupled")
+FIRST_LANE = ("stepwise", "coconut")
 METHOD_NAMES = {"no_cot": "No CoT", "explicit_cot": "Explicit CoT (teacher)", "implicit_cot": "Implicit CoT (ICoT-KD)",
                 "stepwise_cot": "Implicit CoT (ICoT-SI, stepwise)", "coconut": "Continuous thought (Coconut)"}
 
@@ -112,7 +113,7 @@ def two_lane_wall_seconds(times: dict[str, int]) -> int:
     """What the stages take when ICoT-SI trains beside the no-CoT baseline and ICoT-KD's stages:
     the other stages one after another, plus the longer of the two lanes."""
     second = sum(times.get(name, 0) for name in SECOND_LANE)
-    first = times.get("stepwise", 0)
+    first = sum(times.get(name, 0) for name in FIRST_LANE)
     return sum(times.values()) - first - second + max(first, second)
 
 
@@ -151,8 +152,10 @@ def write_results(results: dict, output_dir: str | os.PathLike) -> dict[str, Pat
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": output_dir / "results.json", "markdown": output_dir / "results.md", "plot": output_dir / "accuracy_vs_throughput.png"}
-    paths["json"].write_text(json.dumps(results, indent=2))
-    paths["markdown"].write_text(markdown_table(results))
+    for path, text in ((paths["json"], json.dumps(results, indent=2)), (paths["markdown"], markdown_table(results))):
+        temporary = path.with_name(path.name + ".tmp")  # a crash mid-write never leaves half a table
+        temporary.write_text(text)
+        os.replace(temporary, path)
     plot_accuracy_vs_throughput(results, paths["plot"])
     if results.get("frontier"):
         paths["frontier_plot"] = output_dir / "frontier.png"

@@ -61,7 +61,8 @@ RUN_FILES = ("checkpoint-*", "incomplete-checkpoint-*", "best_fully_removed", "r
              "config.json", "generation_config.json", "model.safetensors", "model-*.safetensors", "model.safetensors.index.json",
              "pytorch_model*.bin", "adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
              "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "training_args.bin",
-             "all_results.json", "train_results.json", "eval_results.json", "final_results.json", "learning_curve.json")
+             "all_results.json", "train_results.json", "eval_results.json", "final_results.json", "learning_curve.json",
+             "progress.json")
 
 
 def weight_files(folder: Path) -> list[Path]:

@@ -14,11 +14,18 @@ Writes results.json, results.md and accuracy_vs_throughput.png to --output_dir.
 accuracy-against-CoT-length frontier: every model saved at the end of a removal stage answers
 each set, writing the CoT it has left and then the answer; results.json gets `frontier`, and
 frontier.png plots exact match against CoT tokens generated beside the other methods.
+
+Re-running is cheap and safe: results.json records the inputs it was measured on (every
+argument, a fingerprint of every model, data set and test file); a re-run with the same inputs
+evaluates nothing and rewrites nothing unless make reproduce's stage times changed, and an
+evaluation interrupted midway resumes from results.partial.json, measuring only what it lacks.
 """
 
+import dataclasses
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +36,7 @@ from icot_hf import ImplicitCoTForCausalLM
 from icot_hf.data import load_icot_dataset, read_icot_text
 from icot_hf.evaluation import CoconutAnswerer, DirectAnswerer, ExplicitCoTAnswerer, ImplicitCoTAnswerer, evaluate_answerer
 from icot_hf.results import write_results
+from icot_hf.run_record import artefact_fingerprint, read_json, write_json_atomically
 
 logger = logging.getLogger("icot_hf.evaluate")
 
@@ -143,13 +151,16 @@ def frontier_points(frontier_dir: str) -> list[dict]:
     return points
 
 
-def evaluate_frontier(args: EvalArguments, sets: dict) -> list[dict]:
+def evaluate_frontier(args: EvalArguments, sets: dict, progress: "PartialResults") -> list[dict]:
     """Each frontier point answers every set (exact match at the largest batch size, CoT tokens
     it writes per answer) and the primary set (the first test file, else the split) at batch 1."""
     primary = next((name for name in sets if name in args.test_files), next(iter(sets)))
     largest, device, results = max(args.batch_sizes), _device(args), []
     for point in frontier_points(args.frontier_dir):
         folder = Path(args.frontier_dir) / point["model_dir"]
+        if str(folder) in progress.done["frontier"]:
+            results.append(progress.done["frontier"][str(folder)])
+            continue
         answerer = ExplicitCoTAnswerer(*_load(AutoModelForCausalLM, folder, device))
         entry = {"model_dir": str(folder), "cot_tokens_removed": point["cot_tokens_removed"], "cot_tokens_total": point["cot_tokens_total"],
                  "step": point["step"], "examples_seen": point["examples_seen"], "stage_ended_by": point["reason"], "by_set": {}}
@@ -167,7 +178,38 @@ def evaluate_frontier(args: EvalArguments, sets: dict) -> list[dict]:
                     ", ".join(f"{v['exact_match']:.3f}" for v in entry["by_set"].values()), entry["cot_tokens_generated"],
                     entry["examples_per_second_batch1"])
         results.append(entry)
+        progress.keep("frontier", str(folder), entry)
     return results
+
+
+class PartialResults:
+    """What an interrupted evaluation had finished, kept in `output_dir/results.partial.json`
+    with the inputs it was measured on: a re-run with the same inputs measures only the rest,
+    so it ends with the same table. Removed once results.json is written."""
+
+    def __init__(self, output_dir: Path, inputs: dict):
+        self.path, self.inputs, self.started = output_dir / "results.partial.json", inputs, time.time()
+        saved = read_json(self.path)
+        fresh = {"methods": {}, "frontier": {}}
+        self.done = saved["done"] if saved and saved.get("inputs") == inputs else fresh
+        self.seconds_before = saved.get("seconds", 0) if self.done is not fresh else 0  # the interrupted attempts' measuring time
+        if saved and self.done is fresh:
+            logger.warning("%s was measured on other models or settings: starting the evaluation afresh", self.path)
+        elif saved:
+            logger.warning("%s: resuming an interrupted evaluation (%d entries done)", self.path,
+                           sum(len(v) for v in self.done["methods"].values()) + len(self.done["frontier"]))
+
+    def keep(self, kind: str, key: str, entry: dict) -> None:
+        self.done[kind][key] = entry
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomically(self.path, {"inputs": self.inputs, "done": self.done, "seconds": self.seconds()})
+
+    def seconds(self) -> int:
+        """Time spent measuring these results, the interrupted attempts' included."""
+        return round(self.seconds_before + time.time() - self.started)
+
+    def finish(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def read_stage_seconds(path: Path) -> dict[str, int]:
@@ -194,17 +236,31 @@ def read_stage_seconds(path: Path) -> dict[str, int]:
     return times
 
 
-def main():
-    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses()
-    logging.basicConfig(level=logging.INFO)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def evaluation_inputs(args: EvalArguments) -> dict:
+    """What the numbers depend on: the arguments (less where they are written) and a fingerprint
+    of every model, data set, test file and frontier point they read. The same inputs give the
+    same table (the speeds within their noise), so a re-run with them evaluates nothing."""
+    settings = {k: v for k, v in dataclasses.asdict(args).items() if k != "output_dir"}
+    paths = [args.dataset_name_or_path, *args.test_files, args.no_cot_model, args.teacher_model, args.implicit_model,
+             args.coconut_model, args.stepwise_model]
+    if args.frontier_dir:
+        paths += [str(Path(args.frontier_dir) / "index.json")]
+        paths += [str(Path(args.frontier_dir) / p["model_dir"]) for p in frontier_points(args.frontier_dir)]
+    return {"settings": settings, "fingerprints": {p: artefact_fingerprint(p) for p in paths if p}, "torch_threads": torch.get_num_threads()}
+
+
+def evaluate_all(args: EvalArguments, progress: PartialResults) -> dict:
+    """Every model on every set (and the frontier): the evaluations part of results.json."""
     answerers, sets = load_answerers(args), evaluation_sets(args)
     largest = max(args.batch_sizes)
     results = {"task": args.task, "evaluations": {}, "settings": {"batch_sizes": args.batch_sizes, "max_examples_batch1": args.max_examples_batch1, "threads": torch.get_num_threads()}}
     for set_name, (questions, references) in sets.items():
         per_method = results["evaluations"].setdefault(set_name, {})
         for method, answerer in answerers.items():
+            key = json.dumps([set_name, method])
+            if key in progress.done["methods"]:
+                per_method[method] = progress.done["methods"][key]
+                continue
             entry = {"throughput": {}}
             for batch_size in sorted(args.batch_sizes, reverse=True):
                 limit = args.max_examples if batch_size == largest else min(args.max_examples or 10**9, args.max_examples_batch1)
@@ -215,13 +271,38 @@ def main():
                                  cot_tokens_generated=run["cot_tokens_generated"])
                 logger.info("%s | %s | batch %d: exact match %.3f, %.1f examples/s", set_name, method, batch_size, run["accuracy"], run["examples_per_second"])
             per_method[method] = entry
+            progress.keep("methods", key, entry)
     if args.frontier_dir:
-        results["frontier"] = evaluate_frontier(args, sets)
-    stage_times = read_stage_seconds(Path(args.output_dir) / "stage_seconds.txt")
-    if stage_times:
-        results["stage_wall_seconds"] = stage_times
+        results["frontier"] = evaluate_frontier(args, sets, progress)
+    return results
+
+
+def main():
+    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses()
+    logging.basicConfig(level=logging.INFO)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    output_dir = Path(args.output_dir)
+    inputs = evaluation_inputs(args)
+    previous, progress = read_json(output_dir / "results.json"), None
+    if previous and previous.get("inputs") == inputs and previous.get("evaluations"):
+        logger.warning("%s holds the results of these models and settings: nothing is evaluated again", output_dir)
+        results = {k: v for k, v in previous.items() if k not in ("stage_wall_seconds", "stage_lanes")}
+        evaluate_seconds = (previous.get("stage_wall_seconds") or {}).get("evaluate")
+    else:
+        progress = PartialResults(output_dir, inputs)
+        results = evaluate_all(args, progress) | {"inputs": inputs}
+        evaluate_seconds = progress.seconds()
+    stage_times = read_stage_seconds(output_dir / "stage_seconds.txt")
+    if stage_times:  # make reproduce's stages; the evaluation times itself (it writes the table its time goes in)
+        results["stage_wall_seconds"] = stage_times | ({"evaluate": evaluate_seconds} if evaluate_seconds is not None else {})
         results["stage_lanes"] = args.stage_lanes
-    paths = write_results(results, args.output_dir)
+    if results == previous:
+        print(f"{output_dir}/results.json is unchanged (same models, settings and stage times): nothing written")
+        return
+    paths = write_results(results, output_dir)
+    if progress is not None:
+        progress.finish()
     print(Path(paths["markdown"]).read_text())
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
