@@ -128,15 +128,9 @@ def run_variant(stage: str, batch_size: int, label_logits_only: bool, precision:
 
 
 def device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    from icot_hf.precision import cpu_bf16_flags
+    from icot_hf.precision import cpu_description
 
-    try:
-        model = next(line.partition(":")[2].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = "CPU"
-    return f"{model} (bf16 instructions: {', '.join(cpu_bf16_flags()) or 'none'})"
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_description()
 
 
 def markdown(results: list[dict], args) -> str:

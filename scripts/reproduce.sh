@@ -99,6 +99,7 @@ stage() {  # stage NAME RECIPE CONFIG OUTPUT_DIR [extra args]
   fi
   if [ -n "${ALL_FINISHED:-}" ]; then
     echo "==> [$TASK] $name: already done with these settings and upstream models ($output)"
+    printf 'start %s %s\nend %s %s\n' "$name" "$(date +%s)" "$name" "$(date +%s)" >> "$EVENTS"
     return
   fi
   # shellcheck disable=SC2086

@@ -35,6 +35,16 @@ def cpu_bf16_flags(cpuinfo: Path | None = None) -> list[str]:
     return [flag for flag in BF16_FLAGS if flag in flags]
 
 
+def cpu_description(cpuinfo: Path | None = None) -> str:
+    """The CPU's model name and its bf16 instructions, for results and benchmarks."""
+    try:
+        text = (cpuinfo or CPUINFO).read_text()
+    except OSError:
+        text = ""
+    model = next((line.partition(":")[2].strip() for line in text.splitlines() if line.startswith("model name")), "CPU")
+    return f"{model} (bf16 instructions: {', '.join(cpu_bf16_flags(cpuinfo)) or 'none'})"
+
+
 def use_cpu_bf16(choice: str) -> bool:
     """Resolve `cpu_bf16` (auto / true / false) for a run on the CPU."""
     choice = str(choice).lower()

@@ -18,6 +18,11 @@ METHOD_NAMES = {"no_cot": "No CoT", "explicit_cot": "Explicit CoT (teacher)", "i
 def markdown_table(results: dict) -> str:
     """One table per evaluation set: accuracy and examples/s at each batch size."""
     lines = [f"# Results: {results.get('task', '')}", ""]
+    settings = results.get("settings", {})
+    if settings.get("device"):
+        trained = sorted(set(settings.get("training_precision", {}).values()))
+        lines += [f"Evaluated on {settings['device']}, {settings.get('threads', '?')} thread(s), in "
+                  f"{settings.get('evaluation_precision', 'fp32')}; models trained in {', '.join(trained) or 'unrecorded precision'}.", ""]
     for eval_name, methods in results["evaluations"].items():
         batch_sizes = sorted({int(b) for m in methods.values() for b in m["throughput"]})
         lines.append(f"## {eval_name}")

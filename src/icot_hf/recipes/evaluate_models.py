@@ -197,7 +197,7 @@ class PartialResults:
             logger.warning("%s was measured on other models or settings: starting the evaluation afresh", self.path)
         elif saved:
             logger.warning("%s: resuming an interrupted evaluation (%d entries done)", self.path,
-                           sum(len(v) for v in self.done["methods"].values()) + len(self.done["frontier"]))
+                           len(self.done["methods"]) + len(self.done["frontier"]))
 
     def keep(self, kind: str, key: str, entry: dict) -> None:
         self.done[kind][key] = entry
@@ -249,11 +249,28 @@ def evaluation_inputs(args: EvalArguments) -> dict:
     return {"settings": settings, "fingerprints": {p: artefact_fingerprint(p) for p in paths if p}, "torch_threads": torch.get_num_threads()}
 
 
+def run_settings(args: EvalArguments) -> dict:
+    """How the numbers were measured, and in what precision each model was trained (its
+    completion marker's `precision`; the evaluation itself runs in fp32)."""
+    from icot_hf.precision import cpu_description
+
+    device = _device(args)
+    trained = {}
+    for name, path in (("no_cot", args.no_cot_model), ("explicit_cot", args.teacher_model), ("implicit_cot", args.implicit_model),
+                       ("stepwise_cot", args.stepwise_model), ("coconut", args.coconut_model)):
+        marker = read_json(Path(path) / "training_complete.json") if path else None
+        if marker and marker.get("precision"):
+            trained[name] = marker["precision"]
+    return {"batch_sizes": args.batch_sizes, "max_examples_batch1": args.max_examples_batch1, "threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_description(),
+            "evaluation_precision": "fp32", "training_precision": trained}
+
+
 def evaluate_all(args: EvalArguments, progress: PartialResults) -> dict:
     """Every model on every set (and the frontier): the evaluations part of results.json."""
     answerers, sets = load_answerers(args), evaluation_sets(args)
     largest = max(args.batch_sizes)
-    results = {"task": args.task, "evaluations": {}, "settings": {"batch_sizes": args.batch_sizes, "max_examples_batch1": args.max_examples_batch1, "threads": torch.get_num_threads()}}
+    results = {"task": args.task, "evaluations": {}}
     for set_name, (questions, references) in sets.items():
         per_method = results["evaluations"].setdefault(set_name, {})
         for method, answerer in answerers.items():
@@ -293,6 +310,7 @@ def main():
         progress = PartialResults(output_dir, inputs)
         results = evaluate_all(args, progress) | {"inputs": inputs}
         evaluate_seconds = progress.seconds()
+    results["settings"] = run_settings(args)
     stage_times = read_stage_seconds(output_dir / "stage_seconds.txt")
     if stage_times:  # make reproduce's stages; the evaluation times itself (it writes the table its time goes in)
         results["stage_wall_seconds"] = stage_times | ({"evaluate": evaluate_seconds} if evaluate_seconds is not None else {})
