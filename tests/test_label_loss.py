@@ -145,26 +145,3 @@ def test_bf16_compute_keeps_the_fp32_loss_and_gradients_within_tolerance():
     differ = pred16 != pred32
     assert float(torch.cat([(top2[:, 0] - top2[:, 1])[differ], torch.zeros(1)]).max()) < 1e-2
 
-
-def test_trainers_pass_their_mixed_precision_dtype_to_the_loss(tokenizer, tmp_path):
-    """A bf16 run's label-position loss uses bf16 matmuls (the logits' loss is not fp32-only)."""
-    from icot_hf.trainers import TeacherConfig, TeacherTrainer
-
-    seen = []
-    original = LinearCrossEntropy.forward
-
-    def spy(ctx, hidden, weight, bias, targets, chunk_rows, compute_dtype=None):
-        seen.append(compute_dtype)
-        return original(ctx, hidden, weight, bias, targets, chunk_rows, compute_dtype)
-
-    model = AutoModelForCausalLM.from_config(tiny_config("gpt2", tokenizer))
-    ids, mask, labels = batch(tokenizer, rows=2)
-    for bf16, expected in ((False, torch.float32), (True, torch.bfloat16)):
-        args = TeacherConfig(output_dir=str(tmp_path / str(bf16)), bf16=bf16, use_cpu=True, report_to="none")
-        trainer = TeacherTrainer(model=model, args=args, separator_id=tokenizer.eos_token_id, processing_class=tokenizer)
-        LinearCrossEntropy.forward = staticmethod(spy)
-        try:
-            trainer.causal_lm_loss(model, labels, input_ids=ids, attention_mask=mask)
-        finally:
-            LinearCrossEntropy.forward = staticmethod(original)
-        assert seen[-1] == expected

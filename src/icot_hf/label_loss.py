@@ -19,10 +19,11 @@ argmax the token accuracy needs, and on this CPU it is slower: 6.1 s on its refe
 backward, one thread). So the loss stays here, checked against torch's.
 
 Mixed precision: accelerate applies autocast inside `model.forward`, and this loss runs after the
-forward returns, so it would make the logits with the fp32 master weight, in fp32, the largest
-matmul of a small model's step. The trainers pass their compute dtype (bf16/fp16) instead: the
-logits and the weight's gradient are then made by that dtype's matmul (fp32 accumulation), and
-the log-sum-exp, the loss and the gradient's sum over chunks stay in fp32.
+forward returns, so it makes the logits with the fp32 master weight, in fp32, the largest matmul of
+a small model's step. `compute_dtype` (bf16/fp16) makes the logits and the weight's gradient with
+that dtype's matmul instead (fp32 accumulation), keeping the log-sum-exp, the loss and the
+gradient's sum over chunks in fp32 (tested against the fp32 path). The trainers do not pass it yet:
+it changes a bf16 run's numbers, so it is switched on together with the benchmarks that decide it.
 
 It applies where the logits are exactly `lm_head(last_hidden_state)` (`PLAIN_HEAD_MODEL_TYPES`,
 no soft-capping or logit scale) and the head's weight is a whole tensor (not under DeepSpeed
@@ -154,9 +155,9 @@ def label_position_loss(model: nn.Module, labels: torch.Tensor, chunk_rows: int 
     """(loss, token accuracy) of `model(**forward_kwargs)` on the positions `labels` marks
     (unshifted, -100 ignored, like HF's causal-LM loss), with the output layer computed on
     those positions only; None where the model's head is not a plain linear layer (see the
-    module docstring): the caller then uses the model's own loss. `compute_dtype` (bf16/fp16
-    under mixed precision; by default the head's own dtype) is what the output layer's matmuls
-    run in: the model's forward runs under autocast, but this loss runs after it returns."""
+    module docstring): the caller then uses the model's own loss. `compute_dtype` (bf16/fp16;
+    None: the tensors' own dtypes, as before) is what the output layer's matmuls run in: the
+    model's forward runs under autocast, but this loss runs after it returns."""
     lm = causal_lm_inside(model)
     if not label_logits_supported(lm):
         return None
@@ -169,6 +170,5 @@ def label_position_loss(model: nn.Module, labels: torch.Tensor, chunk_rows: int 
     if not bool(keep.any()):
         return hidden.sum() * 0.0, hidden.new_zeros(())
     chunk_rows = chunk_rows or max(16, CHUNK_ELEMENTS // head.weight.shape[0])
-    loss, predictions = LinearCrossEntropy.apply(hidden[keep], head.weight, head.bias, targets[keep], chunk_rows,
-                                                 compute_dtype or head.weight.dtype)
+    loss, predictions = LinearCrossEntropy.apply(hidden[keep], head.weight, head.bias, targets[keep], chunk_rows, compute_dtype)
     return loss, (predictions == targets[keep]).float().mean()

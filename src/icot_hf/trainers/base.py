@@ -255,7 +255,7 @@ class ICoTTrainer(LibraryTrainerMixin, Trainer):
         if getattr(self.args, "label_logits_only", False) and not getattr(self, "_keep_logits", False):
             from ..label_loss import label_position_loss
 
-            result = label_position_loss(model, labels, compute_dtype=self.compute_dtype(), **forward_kwargs)
+            result = label_position_loss(model, labels, **forward_kwargs)
             if result is not None:
                 loss, accuracy = result
                 self.record(token_accuracy=accuracy)
@@ -265,10 +265,6 @@ class ICoTTrainer(LibraryTrainerMixin, Trainer):
         if getattr(self, "_keep_logits", False):  # for prediction_step: what compute_metrics scores
             self._kept = (outputs.logits, labels)
         return outputs.loss, outputs
-
-    def compute_dtype(self) -> torch.dtype | None:
-        """The mixed-precision compute dtype (bf16/fp16), or None in full precision."""
-        return torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None
 
     def record(self, **metrics: torch.Tensor | float) -> None:
         mode = "train" if self.model.training else "eval"
