@@ -97,7 +97,7 @@ def first_failure(output: str) -> tuple[str, str]:
     """(the failing test, the first line of what it asserted) from pytest's -q output."""
     test = next((m.group(1) for m in re.finditer(r"^FAILED (\S+)", output, re.M)), "?")
     said = next((line[1:].strip() for line in output.splitlines() if line.startswith("E ") and line[1:].strip()), "")
-    measured = re.search(r"largest per-step loss difference .*", output)  # what the trajectory tests print of every run
+    measured = re.search(r"\S+: largest per-step loss difference [\d.]+e[-+]\d+.*", output)  # what the trajectory tests print of every run
     return test, (measured.group(0) if measured else said)[:200]
 
 

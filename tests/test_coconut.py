@@ -123,6 +123,30 @@ def test_trained_folder_loads_with_automodel_and_generates_in_batches(trained):
     assert torch.equal(remote.generate(**batch, max_new_tokens=12, do_sample=False), out)
 
 
+def test_a_left_padded_forward_without_position_ids_gives_each_row_what_it_gives_alone():
+    """model(input_ids, attention_mask) on a left-padded batch (no position ids: a user's own
+    forward, a TRL loop) counts each row's positions from its first real token, so every row's
+    logits equal its own forward alone (planted mistake `coconut-positions-ignore-left-padding`).
+    On GPT-2, whose position embeddings are absolute (a rotary model would not see a shift)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from icot_hf.coconut import CoconutForCausalLM
+
+    tokenizer = digit_tokenizer()
+    torch.manual_seed(0)
+    lm = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_layer=2, n_embd=32, n_head=2, n_positions=128,
+                                    eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id))
+    model = CoconutForCausalLM.from_base(lm, tokenizer, num_latent_thoughts=2, init_token=tokenizer.eos_token).eval()
+    tokenizer.padding_side = "left"
+    prompts = [model.prompt(q, question_suffix="") for q in ("1 3 4 5 * 8 1 9 3", "9 * 9", "1 2 3 * 4 5 6")]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        together = model(**batch).logits
+        for i, prompt in enumerate(prompts):
+            alone = model(**tokenizer([prompt], return_tensors="pt")).logits[0]
+            torch.testing.assert_close(together[i, -alone.shape[0]:], alone, rtol=1e-4, atol=1e-5, msg=f"row {i}")
+
+
 def test_latents_change_the_answer(trained):
     """The thought block is read: feeding token embeddings at the latents (a plain LM) changes the logits."""
     trainer, folder = trained

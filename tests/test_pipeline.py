@@ -73,6 +73,7 @@ def test_reproduce_pipeline_end_to_end(tmp_path):
     assert again.stdout.count("already done with these settings") == 7  # the data and six stages
     retimed = (tmp_path / "results" / "tiny" / "stage_seconds.txt").read_text().splitlines()
     assert retimed == timed_lines  # nothing trained, so no time recorded
+    assert "every stage is finished with these settings" in again.stdout  # one launch checked them all
     assert "results.json is unchanged" in again.stdout  # nothing evaluated again, the table not rewritten
     assert {p.name: p.read_bytes() for p in (tmp_path / "results" / "tiny").glob("results.*")} == written
     assert set(json.loads((tmp_path / "results" / "tiny" / "results.json").read_text())["stage_wall_seconds"]) == {
@@ -86,6 +87,7 @@ def test_reproduce_pipeline_end_to_end(tmp_path):
     third = subprocess.run(["bash", str(REPO / "scripts" / "reproduce.sh")], cwd=tmp_path, env=dict(env, CONFIGS=str(configs)),
                            capture_output=True, text=True)
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert "every stage is finished" not in third.stdout
     trained = [line.split()[0] for line in (tmp_path / "results" / "tiny" / "stage_seconds.txt").read_text().splitlines()[len(retimed):]]
     assert sorted(trained) == ["coupled", "emulator"]
     # A retrained teacher (another seed) retrains ICoT-KD's stages, whose teacher-state cache, built

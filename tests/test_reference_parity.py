@@ -91,12 +91,16 @@ def test_student_loss_and_logits(fixture, batch):
 
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("name", ["emulator_mix1", "emulator_mix3"])
-def test_emulator_states_and_loss(fixture, batch, name):
+@pytest.mark.parametrize("path", ["inference", "training"])
+def test_emulator_states_and_loss(fixture, batch, name, path):
+    """Both of the emulator's code paths: the fused inference step (no autograd) and the
+    training path, whose recurrent cell only the trajectory test reached before (the planted
+    mistakes in its context and attention passed the inference-only check)."""
     x = fixture["batches"][batch]
-    with torch.no_grad():
+    with torch.set_grad_enabled(path == "training"):
         out = fixture["models"][name](teacher_states=x["teacher_states_dynamic"], **implicit(x))
-    close(out.predicted_states, x[f"{name}_predicted_states"])
-    close(out.loss, x[f"{name}_loss"])
+    close(out.predicted_states.detach(), x[f"{name}_predicted_states"])
+    close(out.loss.detach(), x[f"{name}_loss"])
 
 
 @pytest.mark.parametrize("batch", BATCHES)

@@ -77,6 +77,25 @@ def test_emulator_trainer_loss_falls_and_logs_per_layer(tmp_path, tokenizer, tin
     assert {"mse_layer_0", "mse_layer_2"} <= set(trainer.state.log_history[0])
 
 
+def test_a_fixed_emulator_runs_without_dropout_even_where_the_student_keeps_it(tmp_path, tokenizer, tiny_data):
+    """fix_emulator: the frozen emulator is in eval mode as in the released coupled stage, and
+    stays so through the Trainer's model.train(), also when disable_dropout is off for the student."""
+    from transformers import GPT2Config
+
+    config = GPT2Config(**{**tiny_config("gpt2", tokenizer).to_dict(), "resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.1})
+    model = ImplicitCoTForCausalLM.from_emulator_and_student(
+        ImplicitCoTEmulator.from_base_model(AutoModelForCausalLM.from_config(config)),
+        ImplicitCoTStudent.from_base_model(AutoModelForCausalLM.from_config(config)),
+        tokenizer.eos_token_id, tokenizer.pad_token_id,
+    )
+    args = CoupledConfig(output_dir=str(tmp_path), fix_emulator=True, disable_dropout=False, **COMMON)
+    trainer = CoupledTrainer(model=model, args=args, data_collator=ICoTCollator(tokenizer.pad_token_id, views=("implicit",)), train_dataset=tiny_data,
+                             processing_class=tokenizer)
+    trainer.model.train()
+    rates = lambda module: {m.p for m in module.modules() if isinstance(m, torch.nn.Dropout)}  # noqa: E731
+    assert rates(trainer.model.emulator) == {0.0} and rates(trainer.model.student) == {0.1}
+
+
 @pytest.mark.parametrize("fix_emulator", [False, True])
 def test_coupled_trainer_loss_falls(tmp_path, tokenizer, tiny_data, fix_emulator):
     config = tiny_config("gpt2", tokenizer)
