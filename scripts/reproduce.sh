@@ -186,7 +186,9 @@ if [ "$LANES" -ge 2 ] && { wants stepwise || wants coconut; }; then
   ( export OMP_NUM_THREADS=$threads QUIET=1; baseline_and_kd_lane ) &
   other=$!
   # every PROGRESS_EVERY seconds, both lanes in one line (the second lane's bars are in its log)
-  ( while sleep "$PROGRESS_EVERY"; do echo; progress; done ) &
+  # (its sleep is killed with it: a sleep left behind would hold the output open, and a pipe reading it, for minutes)
+  ( trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+    while :; do sleep "$PROGRESS_EVERY" & nap=$!; wait "$nap"; echo; progress; done ) &
   monitor=$!
   trap 'kill "$monitor" 2>/dev/null || true' EXIT
   OMP_NUM_THREADS=$threads stepwise_lane || { kill "$other" 2>/dev/null; wait "$other" 2>/dev/null; exit 1; }
