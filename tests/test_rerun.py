@@ -1,7 +1,8 @@
 """Re-run semantics of a recipe's output_dir (icot_hf/run_record.py): a finished run with the
 same settings and upstream models is a no-op, anything else stops with what differs unless the
-user asks for a fresh run or a resume; a fresh run removes only what a run writes; the marker
-records the settings, the upstream fingerprints and the weights' hash."""
+user asks for a fresh run or a resume; a fresh run removes only what a run writes, and only once
+it starts training (a launch that fails before that changes nothing); the marker records the
+settings, the upstream fingerprints and the weights' hash."""
 
 import json
 import os
@@ -12,8 +13,22 @@ import pytest
 
 from conftest import REPO
 from icot_hf.recipe_utils import ScriptArguments
-from icot_hf.run_record import COMPLETE_MARKER, SETTINGS_FILE, begin_run, finish_run, run_record
+from icot_hf.run_record import COMPLETE_MARKER, LOCK_FILE, SETTINGS_FILE, abandon_unstarted_runs, begin_run, finish_run, run_record, start_run
 from icot_hf.trainers import TeacherConfig
+
+
+@pytest.fixture(autouse=True)
+def _no_run_left_pending():
+    yield
+    abandon_unstarted_runs()
+
+
+def started(script, training) -> bool:
+    """begin_run, then (when it says to train) start_run, as train_and_save does before training."""
+    if not begin_run(script, training):
+        return False
+    start_run(training)
+    return True
 
 
 def arguments(tmp_path, **changes):
@@ -28,7 +43,7 @@ def finished_run(tmp_path, **changes):
     """A run of ours that finished: begin, write model files and a checkpoint, finish."""
     (tmp_path / "data.txt").write_text("1 2 * 3 4||5 6 #### 7 8\n")
     script, training = arguments(tmp_path, **changes)
-    assert begin_run(script, training)
+    assert started(script, training)
     run = tmp_path / "run"
     (run / "model.safetensors").write_bytes(b"weights")
     (run / "checkpoint-5").mkdir()
@@ -62,6 +77,8 @@ def test_fresh_run_removes_only_what_a_run_writes(tmp_path):
     run = finished_run(tmp_path, learning_rate=1e-3)
     (run / "notes.txt").write_text("mine")
     assert begin_run(*arguments(tmp_path, learning_rate=3e-4, overwrite=True))
+    assert (run / "model.safetensors").exists() and (run / COMPLETE_MARKER).exists()  # decided, not yet done
+    start_run(arguments(tmp_path)[1])
     assert (run / "notes.txt").read_text() == "mine"
     assert not (run / "model.safetensors").exists() and not (run / "checkpoint-5").exists()
     assert not (run / COMPLETE_MARKER).exists()
@@ -71,7 +88,7 @@ def test_fresh_run_removes_only_what_a_run_writes(tmp_path):
 def test_rerun_if_changed_refreshes_only_a_changed_run(tmp_path):
     run = finished_run(tmp_path, learning_rate=1e-3)
     assert not begin_run(*arguments(tmp_path, learning_rate=1e-3, rerun=True))
-    assert begin_run(*arguments(tmp_path, learning_rate=3e-4, rerun=True))
+    assert started(*arguments(tmp_path, learning_rate=3e-4, rerun=True))
     assert not (run / "checkpoint-5").exists()
 
 
@@ -91,15 +108,36 @@ def test_retrained_upstream_model_makes_the_run_stale(tmp_path):
 def test_interrupted_run_resumes_only_with_the_same_settings(tmp_path):
     (tmp_path / "data.txt").write_text("1 2 * 3 4||5 6 #### 7 8\n")
     script, training = arguments(tmp_path, learning_rate=1e-3)
-    assert begin_run(script, training)
+    assert started(script, training)
     (tmp_path / "run" / "checkpoint-10").mkdir()  # killed after a checkpoint
-    assert begin_run(*arguments(tmp_path, learning_rate=1e-3))
+    assert started(*arguments(tmp_path, learning_rate=1e-3))
     assert (tmp_path / "run" / "checkpoint-10").exists()
     with pytest.raises(SystemExit, match="interrupted run"):
         begin_run(*arguments(tmp_path, learning_rate=3e-4))
     # an explicit resume continues it with the new settings
     assert begin_run(*arguments(tmp_path, learning_rate=3e-4, resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-10")))
     assert (tmp_path / "run" / "checkpoint-10").exists()
+
+
+def test_a_launch_that_stops_before_training_leaves_the_folder_as_it_found_it(tmp_path):
+    """Issue 37: `--overwrite_output_dir` or `--rerun_if_changed` over a finished run, then a
+    malformed data line found while loading: the finished run is still there, byte for byte; a
+    launch into a new folder that stops the same way leaves no folder."""
+    run = finished_run(tmp_path, learning_rate=1e-3)
+    abandon_unstarted_runs()
+    before = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != LOCK_FILE}
+    for changes in ({"overwrite": True}, {"rerun": True, "learning_rate": 3e-4}):
+        assert begin_run(*arguments(tmp_path, **changes))
+        abandon_unstarted_runs()  # what icot_hf.cli.run does when the launch raises before training
+        assert {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != LOCK_FILE} == before
+    script, training = arguments(tmp_path)
+    training.output_dir = str(tmp_path / "new_run")
+    assert begin_run(script, training)
+    assert (tmp_path / "new_run" / LOCK_FILE).exists()  # held while the launch loads its inputs
+    abandon_unstarted_runs()
+    assert not (tmp_path / "new_run").exists()
+    assert started(script, training)  # the corrected re-run starts as a first run would
+    assert json.loads((tmp_path / "new_run" / SETTINGS_FILE).read_text())["settings"]["learning_rate"] == training.learning_rate
 
 
 def test_a_folder_that_is_not_a_run_is_never_written(tmp_path):

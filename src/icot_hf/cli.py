@@ -42,6 +42,15 @@ def disk_full(error: BaseException | None) -> bool:
 
 def run(main: Callable[[], object]) -> None:
     try:
+        _run(main)
+    finally:  # a launch that failed before it trained leaves its output_dir as it found it
+        from .run_record import abandon_unstarted_runs
+
+        abandon_unstarted_runs()
+
+
+def _run(main: Callable[[], object]) -> None:
+    try:
         main()
     except SystemExit as stop:  # `raise SystemExit("message")`: a user error already worded
         if isinstance(stop.code, str):

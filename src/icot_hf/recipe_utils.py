@@ -25,7 +25,7 @@ from .curves import write_learning_curve
 from .data import SEQUENCE_FORMATS, load_icot_dataset, tokenize_dataset, without_empty_cot
 from .precision import precision_of
 from .progress import ProgressFile
-from .run_record import CHECKPOINTS_FILE, record_checkpoint, written_by_this_run
+from .run_record import CHECKPOINTS_FILE, record_checkpoint, start_run, written_by_this_run
 from .run_record import begin_run as begin_run_record
 from .run_record import finish_run  # noqa: F401
 from .tokenization import build_digit_tokenizer, separator_token_id
@@ -346,6 +346,7 @@ def train_and_save(trainer, training_args) -> dict:
     """Train (from `--resume_from_checkpoint` if given, else resuming from the last checkpoint
     if an earlier run of the same settings was interrupted), save the final model and
     tokenizer, evaluate, and mark the stage complete (`begin_run` has cleared the marker)."""
+    start_run(training_args)  # everything loaded and checked: only now is an earlier run's folder changed
     trainer.add_callback(RecordCheckpoints())
     trainer.add_callback(ProgressFile())
     resume = training_args.resume_from_checkpoint or last_checkpoint(training_args.output_dir)

@@ -22,6 +22,14 @@ run starts, so a crash mid-save never leaves a folder that looks finished).
 
 A fresh run over an earlier run of ours removes only the files a run writes (`RUN_FILES`);
 anything else in the folder stays.
+
+Deciding and doing are two steps, so a launch that fails before it trains leaves the folder as
+it found it: `begin_run` decides and takes the folder's lock; `start_run`, called once the data,
+tokenizer and models are loaded and checked (just before training), removes an earlier run's
+files where the decision was a fresh run and writes `run_settings.json`. A launch that stops in
+between (a malformed data line, a misspelt model field) has deleted nothing, and
+`abandon_unstarted_runs` (run by `icot_hf.cli.run` on the way out) takes back the lock file and
+the folder if the launch created them.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ SETTINGS_FILE = "run_settings.json"
 CHECKPOINTS_FILE = "run_checkpoints.json"  # the checkpoints this run wrote: the only ones it resumes from by itself
 LOCK_FILE = ".icot_run.lock"  # held (flock) by the run writing the folder; the kernel drops it when that process dies
 _held_locks: dict[str, object] = {}
+_unstarted: dict[str, dict] = {}  # output_dir -> what begin_run decided and start_run has not yet done
 
 # Arguments that cannot change what is trained: where things go, how progress is shown, how
 # the run is launched, and the re-run switches themselves.
@@ -272,6 +281,7 @@ def begin_run(script_args, training_args) -> bool:
 def _begin_run(script_args, training_args, is_main_process: bool) -> bool:
     output_dir = Path(training_args.output_dir)
     record = run_record(script_args, training_args)
+    folder_existed, lock_existed = output_dir.is_dir(), (output_dir / LOCK_FILE).exists()
     finished = read_json(output_dir / COMPLETE_MARKER)
     started = read_json(output_dir / SETTINGS_FILE)
     rerun = bool(getattr(script_args, "rerun_if_changed", False))
@@ -308,13 +318,39 @@ def _begin_run(script_args, training_args, is_main_process: bool) -> bool:
                              "--resume_from_checkpoint <checkpoint> to continue it with the new settings, or choose another output_dir.")
         logger.warning("%s: the earlier run differs (%s); starting a fresh run", output_dir, "; ".join(differences))
         fresh = True
-    if is_main_process:
+    if is_main_process:  # carried out by start_run, once everything the run needs has loaded
+        _unstarted[str(output_dir)] = {"fresh": fresh, "record": record, "folder_existed": folder_existed, "lock_existed": lock_existed}
+    return True
+
+
+def start_run(training_args) -> None:
+    """Carry out what `begin_run` decided for `training_args.output_dir`, just before training:
+    remove an earlier run's files (a fresh run), clear the completion marker, write the record.
+    Until this point a failed launch has changed nothing in the folder."""
+    with training_args.main_process_first(desc="output_dir start"):
+        output_dir = Path(training_args.output_dir)
+        decided = _unstarted.pop(str(output_dir), None)
+        if decided is None:  # not the main process, or a Trainer run without begin_run
+            return
         output_dir.mkdir(parents=True, exist_ok=True)
-        if fresh:
+        if decided["fresh"]:
             remove_run_files(output_dir)
         (output_dir / COMPLETE_MARKER).unlink(missing_ok=True)
-        write_json_atomically(output_dir / SETTINGS_FILE, record)
-    return True
+        write_json_atomically(output_dir / SETTINGS_FILE, decided["record"])
+
+
+def abandon_unstarted_runs() -> None:
+    """For each folder `begin_run` took and `start_run` never started (the launch failed in
+    between): release the lock and remove what the launch itself created there, the lock file
+    and, if it was new and holds nothing else, the folder."""
+    for name, decided in list(_unstarted.items()):
+        output_dir = Path(name)
+        release_output_dir(output_dir)
+        if not decided["lock_existed"]:
+            (output_dir / LOCK_FILE).unlink(missing_ok=True)
+        if not decided["folder_existed"] and output_dir.is_dir() and not any(output_dir.iterdir()):
+            output_dir.rmdir()
+        del _unstarted[name]
 
 
 def finish_run(output_dir: str | os.PathLike, metrics: dict) -> None:
