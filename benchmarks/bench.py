@@ -29,7 +29,7 @@ from icot_hf.data import ICoTCollator, read_icot_text, tokenize_dataset
 from icot_hf.evaluation import DirectAnswerer, ExplicitCoTAnswerer, ImplicitCoTAnswerer
 from icot_hf.hooks import substitute_states
 from icot_hf.multiplication import format_problem, sample_problems
-from icot_hf.teacher import extract_teacher_states
+from icot_hf.kd.teacher_states import extract_teacher_states
 
 
 def median_seconds(fn, repeats: int, warmup: int = 1) -> float:

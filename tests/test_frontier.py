@@ -15,7 +15,7 @@ from conftest import REPO, multiplication_dataset, tiny_config
 from icot_hf.data import ICoTCollator, answer_from_generation, tokenize_dataset
 from icot_hf import ImplicitCoTStepwiseForCausalLM
 from icot_hf.evaluation import ExplicitCoTAnswerer
-from icot_hf.trainers import StepwiseInternalizationConfig, StepwiseInternalizationTrainer
+from icot_hf.stepwise import StepwiseInternalizationConfig, StepwiseInternalizationTrainer
 
 
 def train(output_dir, tokenizer, data, max_steps, resume=None, **kwargs):

@@ -63,7 +63,7 @@ def test_fused_weights_follow_parameter_changes(tokenizer):
 def test_zero3_sharded_weights_take_the_module_path(tokenizer, monkeypatch):
     """Under DeepSpeed ZeRO-3 a module's weights are gathered only when the module runs: with
     sharded (ds_id-tagged) parameters the emulator runs its modules, not the fused path."""
-    import icot_hf.fused_inference as fused
+    import icot_hf.kd.fused_inference as fused
 
     emulator = ImplicitCoTEmulator.from_base_model(AutoModelForCausalLM.from_config(tiny_config("gpt2", tokenizer))).eval()
     with torch.no_grad():

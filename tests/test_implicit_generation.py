@@ -8,7 +8,7 @@ from conftest import multiplication_dataset, tiny_config
 from icot_hf import ImplicitCoTEmulator, ImplicitCoTForCausalLM, ImplicitCoTStudent
 from icot_hf.data import ICoTCollator, prompt_batch, tokenize_dataset
 from icot_hf.hooks import get_decoder_layers
-from icot_hf.trainers import CoupledConfig, CoupledTrainer
+from icot_hf.kd import CoupledConfig, CoupledTrainer
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])

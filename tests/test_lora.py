@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 from conftest import multiplication_dataset, tiny_config
 from icot_hf import ImplicitCoTEmulator, ImplicitCoTForCausalLM, ImplicitCoTStudent
 from icot_hf.data import ICoTCollator, tokenize_dataset
-from icot_hf.trainers import CoupledConfig, CoupledTrainer
+from icot_hf.kd import CoupledConfig, CoupledTrainer
 
 
 def pretrained_base(tmp_path, tokenizer, name, seed=0):

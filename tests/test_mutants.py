@@ -18,15 +18,15 @@ def test_every_entry_applies_to_the_code_once():
     entries = mutants.load_catalogue()
     assert len(entries) >= 25
     files = {e["file"] for e in entries}
-    for method in ("src/icot_hf/teacher.py", "src/icot_hf/modeling_icot.py", "src/icot_hf/trainers/stepwise_trainer.py",
+    for method in ("src/icot_hf/kd/teacher_states.py", "src/icot_hf/kd/modeling_icot.py", "src/icot_hf/stepwise/stepwise_trainer.py",
                    "src/icot_hf/coconut/modeling_coconut.py", "src/icot_hf/coconut/data.py"):
         assert method in files, f"no planted mistake in {method}"
 
 
 def test_a_stale_entry_is_named(tmp_path):
     catalogue = tmp_path / "mutants.yaml"
-    catalogue.write_text("- {id: gone, file: src/icot_hf/teacher.py, old: 'no such text', new: x, tests: [tests/test_teacher.py], why: y}\n")
-    with pytest.raises(ValueError, match=r"entry 1 \(gone\): its old text occurs 0 times in src/icot_hf/teacher.py"):
+    catalogue.write_text("- {id: gone, file: src/icot_hf/kd/teacher_states.py, old: 'no such text', new: x, tests: [tests/test_teacher.py], why: y}\n")
+    with pytest.raises(ValueError, match=r"entry 1 \(gone\): its old text occurs 0 times in src/icot_hf/kd/teacher_states.py"):
         mutants.load_catalogue(catalogue)
 
 

@@ -28,7 +28,7 @@ def fixture():
     from safetensors.torch import load_file
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from icot_hf.modeling_icot import ImplicitCoTEmulator, ImplicitCoTForCausalLM, ImplicitCoTStudent
+    from icot_hf.kd.modeling_icot import ImplicitCoTEmulator, ImplicitCoTForCausalLM, ImplicitCoTStudent
 
     config = json.loads((PARITY / "config.json").read_text())
 
@@ -71,7 +71,7 @@ BATCHES = ["main", "ragged"]
 @pytest.mark.parametrize("stored, kwargs", [("teacher_states_dynamic", {"delta": "dynamic"}), ("teacher_states_delta1", {"delta": 1}),
                                             ("teacher_states_first_column", {"pattern": "first_column"})])
 def test_teacher_states(fixture, batch, stored, kwargs):
-    from icot_hf.teacher import extract_teacher_states
+    from icot_hf.kd.teacher_states import extract_teacher_states
 
     x = fixture["batches"][batch]
     with torch.no_grad():

@@ -73,7 +73,7 @@ def compact_tokenizer():
 def parity_model(name):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from icot_hf.modeling_icot import ImplicitCoTEmulator, ImplicitCoTStudent
+    from icot_hf.kd.modeling_icot import ImplicitCoTEmulator, ImplicitCoTStudent
 
     config = json.loads((PARITY / "config.json").read_text())
 
@@ -126,7 +126,7 @@ def run_stage(stage, reference, tmp_path, mutate=None, **overrides):
     from datasets import Dataset
 
     from icot_hf.data import ICoTCollator, read_icot_text, tokenize_dataset
-    from icot_hf.modeling_icot import ImplicitCoTForCausalLM
+    from icot_hf.kd.modeling_icot import ImplicitCoTForCausalLM
     from icot_hf.trainers import (CoupledConfig, CoupledTrainer, MindReadingConfig, MindReadingTrainer, StepwiseInternalizationConfig,
                                   StepwiseInternalizationTrainer, TeacherConfig, TeacherTrainer, ThoughtEmulationConfig,
                                   ThoughtEmulationTrainer)
@@ -182,7 +182,7 @@ def run_stage(stage, reference, tmp_path, mutate=None, **overrides):
     if stage == "stepwise":
         # the reference's smoothing draws, one row per step, replayed through the library's own
         # removal_for_batch: only the random draw is replaced, not how the trainer uses it
-        from icot_hf.trainers import stepwise_trainer
+        from icot_hf.stepwise import stepwise_trainer
 
         draws = iter(reference["stepwise/offsets"].long())
         drawing = stepwise_trainer.removal_offsets
@@ -298,7 +298,7 @@ def remove_one_step_late(trainer):
 
 def offsets_drawn_but_not_added(trainer):
     """The mistake that passed the suite before (issue 34): the smoothing offsets drawn, never used."""
-    from icot_hf.trainers import stepwise_trainer
+    from icot_hf.stepwise import stepwise_trainer
 
     def removal_for_batch(batch_size):
         generator = torch.Generator().manual_seed(trainer.args.seed)

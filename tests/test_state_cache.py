@@ -10,9 +10,9 @@ from transformers import AutoModelForCausalLM
 from conftest import tiny_config
 from icot_hf import ImplicitCoTStudent
 from icot_hf.data import ICoTCollator, tokenize_dataset
-from icot_hf.state_cache import attach_teacher_states
-from icot_hf.teacher import extract_teacher_states
-from icot_hf.trainers import MindReadingConfig, MindReadingTrainer
+from icot_hf.kd.state_cache import attach_teacher_states
+from icot_hf.kd.teacher_states import extract_teacher_states
+from icot_hf.kd import MindReadingConfig, MindReadingTrainer
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ def test_a_stale_cache_folder_with_foreign_files_is_not_replaced(setup, tmp_path
 
 
 def test_a_failed_swap_keeps_the_old_cache(setup, tmp_path, monkeypatch):
-    import icot_hf.state_cache as state_cache
+    import icot_hf.kd.state_cache as state_cache
 
     teacher, data, collator = setup
     attach_teacher_states(data, teacher, collator, "dynamic", "diagonal", tmp_path / "cache")

@@ -9,8 +9,8 @@ from transformers import AutoModelForCausalLM
 
 from conftest import multiplication_dataset, tiny_config
 from icot_hf.data import ICoTCollator, tokenize_dataset
-from icot_hf.trainers import StepwiseInternalizationConfig, StepwiseInternalizationTrainer
-from icot_hf.trainers.stepwise_trainer import remove_cot_tokens, removal_offsets, schedule_stage
+from icot_hf.stepwise import StepwiseInternalizationConfig, StepwiseInternalizationTrainer
+from icot_hf.stepwise.stepwise_trainer import remove_cot_tokens, removal_offsets, schedule_stage
 
 
 def config(tmp_path, **kwargs):
@@ -42,7 +42,7 @@ def test_smoothing_offsets_follow_the_released_distribution():
     geometric (1 - e^-lambda) e^(-lambda o), whose mass past max_offset is below 1e-14 at the paper's
     lambda 4 and offset cap 8. Checked where every offset has weight (lambda 0.5, cap 2, 40k draws:
     each frequency within 0.01 of its probability), so an offset range one short or a lambda off fails."""
-    from icot_hf.trainers.stepwise_trainer import removal_offsets
+    from icot_hf.stepwise.stepwise_trainer import removal_offsets
 
     draws = removal_offsets(40_000, 0.5, 2, torch.Generator().manual_seed(0))
     weights = torch.exp(-0.5 * torch.arange(3, dtype=torch.double))
@@ -248,7 +248,7 @@ def test_gated_resume_mid_stage_gives_the_same_schedule(tmp_path, tokenizer):
 
 
 def test_a_tie_in_exact_match_goes_to_the_lower_validation_loss():
-    from icot_hf.trainers.stepwise_trainer import beats_best
+    from icot_hf.stepwise.stepwise_trainer import beats_best
 
     assert beats_best(0.0, 2.0, None, None)  # the first fully-removed evaluation
     assert beats_best(0.2, 9.0, 0.1, 1.0) and not beats_best(0.1, 0.5, 0.2, 1.0)  # exact match first
@@ -308,7 +308,7 @@ def test_best_fully_removed_evaluation_is_kept_and_restored(tmp_path, tokenizer)
 
 
 def test_keep_positions_trains_and_generates_with_the_kept_position_ids(tmp_path, tokenizer):
-    from icot_hf.trainers.stepwise_trainer import kept_position_ids
+    from icot_hf.stepwise.stepwise_trainer import kept_position_ids
 
     data = tokenize_dataset(multiplication_dataset(2, 8, seed=7), tokenizer, views=("explicit",))
     trainer = make_trainer(tmp_path, tokenizer, data, eval_data=data, removal_schedule="gated", keep_positions=True, remove_per_stage=3,
@@ -326,7 +326,7 @@ def test_keep_positions_trains_and_generates_with_the_kept_position_ids(tmp_path
 
 
 def test_generation_with_a_position_gap_is_greedy_decoding_with_those_ids(tokenizer, small_dataset):
-    from icot_hf.teacher import prompt_position_ids
+    from icot_hf.generation import prompt_position_ids
     from icot_hf.trainers.teacher_trainer import implicit_prompts
 
     torch.manual_seed(0)

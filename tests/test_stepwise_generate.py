@@ -15,7 +15,7 @@ from conftest import REPO, SHARED_DATA, tiny_config
 from icot_hf import ImplicitCoTStepwiseForCausalLM
 from icot_hf.data import answer_from_generation, load_icot_dataset, read_icot_text
 from icot_hf.evaluation import ExplicitCoTAnswerer
-from icot_hf.teacher import SeparatorCountCriteria, prompt_position_ids
+from icot_hf.generation import SeparatorCountCriteria, prompt_position_ids
 
 
 def questions_4x4(data_dir, count=48):

@@ -7,9 +7,8 @@ from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorL
 from conftest import tiny_config
 from icot_hf.hooks import get_decoder_layers
 from icot_hf.data import ICoTCollator, prompt_batch, tokenize_dataset
-from icot_hf.teacher import (
-    cut_after_separators, extract_teacher_states, generate_explicit, generation_kwargs, new_token_budget, parse_delta, state_grid_positions,
-)
+from icot_hf.generation import cut_after_separators, generate_explicit, generation_kwargs, new_token_budget
+from icot_hf.kd.teacher_states import extract_teacher_states, parse_delta, state_grid_positions
 
 
 @pytest.mark.parametrize(

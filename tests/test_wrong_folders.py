@@ -113,7 +113,7 @@ def test_a_finished_run_whose_weights_changed_is_stale(tmp_path, damage):
     import os
 
     from icot_hf.run_record import COMPLETE_MARKER, artefact_fingerprint, begin_run
-    from test_rerun import finished_run
+    from test_rerun import finished_run, started
 
     run = finished_run(tmp_path, learning_rate=1e-3)
     fingerprint = artefact_fingerprint(str(run))
@@ -127,7 +127,7 @@ def test_a_finished_run_whose_weights_changed_is_stale(tmp_path, damage):
     assert artefact_fingerprint(str(run)) != fingerprint  # downstream stages see the upstream changed
     with pytest.raises(SystemExit, match="changed after it finished"):
         begin_run(*arguments(tmp_path, learning_rate=1e-3))
-    assert begin_run(*arguments(tmp_path, learning_rate=1e-3, rerun=True))  # make reproduce: trains it again
+    assert started(*arguments(tmp_path, learning_rate=1e-3, rerun=True))  # make reproduce: trains it again
     assert not (run / COMPLETE_MARKER).exists() and not weights.exists()
 
 

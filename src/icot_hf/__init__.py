@@ -1,11 +1,16 @@
-"""icot_hf: implicit chain-of-thought reasoning via knowledge distillation, on the Hugging Face stack."""
+"""icot_hf: implicit chain-of-thought reasoning on the Hugging Face stack.
+
+One subpackage per method (`kd`: ICoT-KD, `stepwise`: ICoT-SI, `coconut`: Coconut), each with
+its configuration, modeling, trainer and training config side by side; what every method shares
+(data, generation, evaluation, run records, hub, CLI) sits here at the top. Every public name of
+every method is importable from `icot_hf` itself."""
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .coconut import CoconutModelConfig, CoconutForCausalLM
-from .configuration_icot import ImplicitCoTConfig, ImplicitCoTEmulatorConfig, ImplicitCoTStepwiseConfig, ImplicitCoTStudentConfig
-from .modeling_icot import ImplicitCoTEmulator, ImplicitCoTForCausalLM, ImplicitCoTStudent
-from .modeling_stepwise import ImplicitCoTStepwiseForCausalLM
+from .kd import ImplicitCoTConfig, ImplicitCoTEmulator, ImplicitCoTEmulatorConfig, ImplicitCoTForCausalLM, ImplicitCoTStudent, ImplicitCoTStudentConfig
+from .stepwise import ImplicitCoTStepwiseConfig, ImplicitCoTStepwiseForCausalLM
+from .moved import install as _install_moved_module_paths
 from .tokenization import build_digit_tokenizer
 
 __version__ = "0.1.0"
@@ -28,13 +33,15 @@ def _register_auto_classes() -> None:
 
 
 _register_auto_classes()
+_install_moved_module_paths()
 
 # Trainers, their configs and the data helpers load on first use (`from icot_hf import
 # TeacherTrainer`): importing the Trainer stack is not needed to load or run a model.
 _LAZY = {
-    **{name: ".trainers" for name in ("CoupledConfig", "CoupledTrainer", "MindReadingConfig", "MindReadingTrainer",
-                                      "StepwiseInternalizationConfig", "StepwiseInternalizationTrainer", "TeacherConfig",
-                                      "TeacherTrainer", "ThoughtEmulationConfig", "ThoughtEmulationTrainer")},
+    **{name: ".trainers" for name in ("TeacherConfig", "TeacherTrainer")},
+    **{name: ".kd" for name in ("CoupledConfig", "CoupledTrainer", "MindReadingConfig", "MindReadingTrainer", "ThoughtEmulationConfig",
+                                "ThoughtEmulationTrainer")},
+    **{name: ".stepwise" for name in ("StepwiseInternalizationConfig", "StepwiseInternalizationTrainer")},
     **{name: ".coconut.coconut_trainer" for name in ("CoconutTrainer",)},
     **{name: ".coconut.coconut_config" for name in ("CoconutConfig",)},
     **{name: ".data" for name in ("ICoTCollator", "load_icot_dataset", "tokenize_dataset", "read_icot_text")},

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .data import answer_from_generation, prompt_batch, sequence_format_of
 from .metrics.exact_match.exact_match import normalize_answer  # noqa: F401 (re-exported)
-from .teacher import generate_direct, generate_explicit
+from .generation import generate_direct, generate_explicit
 from .tokenization import separator_token_id
 
 METRIC_PATH = str(Path(__file__).parent / "metrics" / "exact_match")

@@ -170,7 +170,7 @@ def check_upstream_folders(script_args: ScriptArguments) -> None:
     """Before a run starts: each upstream folder holds the stage its field names (the teacher a
     plain causal LM, the student a student, the emulator an emulator), so a misplaced folder stops
     here in one line instead of loading as a randomly initialised model."""
-    from .modeling_icot import WHAT_IT_IS, ImplicitCoTEmulator, ImplicitCoTStudent, check_folder_model_type
+    from .kd.modeling_icot import WHAT_IT_IS, ImplicitCoTEmulator, ImplicitCoTStudent, check_folder_model_type
 
     for field_name, cls in (("student_name_or_path", ImplicitCoTStudent), ("emulator_name_or_path", ImplicitCoTEmulator)):
         path = getattr(script_args, field_name, None)
@@ -280,7 +280,7 @@ def attach_state_cache(train, teacher, tokenizer, views, training_args, script_a
     `--rerun_if_changed` (a retrained teacher in `make reproduce`), refused otherwise."""
     if not training_args.teacher_state_cache:
         return train
-    from .state_cache import attach_teacher_states
+    from .kd.state_cache import attach_teacher_states
 
     with training_args.main_process_first(desc="teacher-state cache"):
         return attach_teacher_states(train, teacher.to(training_args.device), collator_for(tokenizer, views), training_args.delta,

@@ -28,9 +28,10 @@ from transformers import AutoModelForCausalLM, DynamicCache, GenerationMixin, Pr
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_coconut import END_LATENT, LATENT, START_LATENT, CoconutModelConfig
+from ..remote_code import CarriesItsCode
 
 
-class CoconutForCausalLM(PreTrainedModel, GenerationMixin):
+class CoconutForCausalLM(CarriesItsCode, PreTrainedModel, GenerationMixin):
     """A causal LM (`.lm`) whose `<|latent|>` positions are fed its own last hidden state.
 
     Example:

@@ -14,7 +14,7 @@ from icot_hf.recipe_utils import (
     ScriptArguments, begin_run, record_sequence_format, train_and_save, collator_for, context_length_of, load_splits, distillation_tokenizer, parse_args,
 )
 from icot_hf.tokenization import separator_token_id
-from icot_hf.trainers import CoupledConfig, CoupledTrainer
+from icot_hf.kd import CoupledConfig, CoupledTrainer
 
 
 def main():

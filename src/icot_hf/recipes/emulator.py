@@ -13,7 +13,7 @@ from icot_hf.recipe_utils import (
     ScriptArguments, begin_run, record_sequence_format, attach_state_cache, train_and_save, build_distillation_base, collator_for, context_length_of, load_splits,
     load_teacher, distillation_tokenizer, parse_args,
 )
-from icot_hf.trainers import ThoughtEmulationConfig, ThoughtEmulationTrainer
+from icot_hf.kd import ThoughtEmulationConfig, ThoughtEmulationTrainer
 from icot_hf.trainers.common_config import parse_teacher_layers
 
 

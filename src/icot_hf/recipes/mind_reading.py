@@ -14,7 +14,7 @@ from icot_hf.recipe_utils import (
     load_teacher, distillation_tokenizer, parse_args,
 )
 from icot_hf.tokenization import separator_token_id
-from icot_hf.trainers import MindReadingConfig, MindReadingTrainer
+from icot_hf.kd import MindReadingConfig, MindReadingTrainer
 from icot_hf.trainers.common_config import parse_teacher_layers
 
 

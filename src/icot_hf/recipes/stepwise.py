@@ -13,7 +13,7 @@ from icot_hf.recipe_utils import (
     ScriptArguments, begin_run, record_sequence_format, build_base_model, collator_for, context_length_of, load_splits, load_tokenizer, parse_args, train_and_save,
 )
 from icot_hf.tokenization import separator_token_id
-from icot_hf.trainers import StepwiseInternalizationConfig, StepwiseInternalizationTrainer
+from icot_hf.stepwise import StepwiseInternalizationConfig, StepwiseInternalizationTrainer
 
 
 def main():

@@ -128,7 +128,7 @@ class FrozenTeacherMixin:
     def teacher_states(self, inputs):
         if "teacher_states" in inputs:  # extracted once by the teacher-state cache
             return inputs["teacher_states"]
-        from ..teacher import extract_teacher_states
+        from ..kd.teacher_states import extract_teacher_states
 
         return extract_teacher_states(
             self.teacher,

@@ -117,7 +117,7 @@ class ICoTTrainingArguments(TrainingArguments):
 
 
 def check_delta_and_subset(delta: str, subset: str) -> str:
-    from ..teacher import PATTERNS, parse_delta
+    from ..kd.teacher_states import PATTERNS, parse_delta
 
     try:
         parsed = parse_delta(delta)

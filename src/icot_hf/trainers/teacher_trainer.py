@@ -3,7 +3,7 @@ on `input S cot S answer S` (or `input S answer S` with view="implicit")."""
 
 from __future__ import annotations
 
-from ..teacher import cut_after_separators, generation_kwargs, new_token_budget
+from ..generation import cut_after_separators, generation_kwargs, new_token_budget
 from .base import ICoTTrainer
 from .teacher_config import TeacherConfig
 

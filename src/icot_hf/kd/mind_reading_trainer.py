@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..teacher import cut_after_separators
-from .base import FrozenTeacherMixin, ICoTTrainer
+from ..generation import cut_after_separators
+from ..trainers.base import FrozenTeacherMixin, ICoTTrainer
 from .mind_reading_config import MindReadingConfig
-from .teacher_trainer import implicit_prompts
+from ..trainers.teacher_trainer import implicit_prompts
 
 
 class MindReadingTrainer(FrozenTeacherMixin, ICoTTrainer):
@@ -41,9 +41,9 @@ class MindReadingTrainer(FrozenTeacherMixin, ICoTTrainer):
     def build_model(self, model, init_kwargs, training_args):
         """An `ImplicitCoTStudent` as given or saved; a plain causal LM (or its name) is wrapped,
         its state MLPs sized for the teacher's states."""
-        from ..modeling_icot import ImplicitCoTStudent
-        from .common_config import parse_teacher_layers
-        from .inputs import is_name, load_causal_lm, saved_model_type
+        from .modeling_icot import ImplicitCoTStudent
+        from ..trainers.common_config import parse_teacher_layers
+        from ..trainers.inputs import is_name, load_causal_lm, saved_model_type
 
         if isinstance(model, ImplicitCoTStudent):
             return model

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import FrozenTeacherMixin, ICoTTrainer
+from ..trainers.base import FrozenTeacherMixin, ICoTTrainer
 from .emulator_config import ThoughtEmulationConfig
 
 
@@ -33,9 +33,9 @@ class ThoughtEmulationTrainer(FrozenTeacherMixin, ICoTTrainer):
     def build_model(self, model, init_kwargs, training_args):
         """An `ImplicitCoTEmulator` as given or saved; a plain causal LM (or its name) is wrapped
         for the teacher's states, with the config's mixture size and temperature."""
-        from ..modeling_icot import ImplicitCoTEmulator
-        from .common_config import parse_teacher_layers
-        from .inputs import is_name, load_causal_lm, saved_model_type
+        from .modeling_icot import ImplicitCoTEmulator
+        from ..trainers.common_config import parse_teacher_layers
+        from ..trainers.inputs import is_name, load_causal_lm, saved_model_type
 
         if isinstance(model, ImplicitCoTEmulator):
             return model

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .common_config import ICoTTrainingArguments, document_fields
+from ..trainers.common_config import ICoTTrainingArguments, document_fields
 
 
 @document_fields("""

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ..teacher import cut_after_separators
-from .base import ICoTTrainer, disable_dropout
+from ..generation import cut_after_separators
+from ..trainers.base import ICoTTrainer, disable_dropout
 from .coupled_config import CoupledConfig
-from .inputs import is_name, named_arguments, resolve_tokenizer
-from .teacher_trainer import implicit_prompts
+from ..trainers.inputs import is_name, named_arguments, resolve_tokenizer
+from ..trainers.teacher_trainer import implicit_prompts
 
 
 class CoupledTrainer(ICoTTrainer):
@@ -42,7 +42,7 @@ class CoupledTrainer(ICoTTrainer):
 
     def build_model(self, model, init_kwargs, training_args):
         """The coupled model as given or saved, or composed from (student, emulator)."""
-        from ..modeling_icot import ImplicitCoTEmulator, ImplicitCoTForCausalLM, ImplicitCoTStudent
+        from .modeling_icot import ImplicitCoTEmulator, ImplicitCoTForCausalLM, ImplicitCoTStudent
         from ..tokenization import separator_token_id
 
         if isinstance(model, tuple):

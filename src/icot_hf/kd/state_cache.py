@@ -52,7 +52,7 @@ def cache_settings(teacher, dataset: Dataset, delta, subset: str) -> dict:
 @torch.no_grad()
 def extract_all(teacher, dataset: Dataset, collator, delta, subset: str, batch_size: int) -> np.ndarray:
     """(N, L, H) float32 states of every example, in dataset order."""
-    from .teacher import extract_teacher_states
+    from .teacher_states import extract_teacher_states
 
     device = next(teacher.parameters()).device
     chunks = []

@@ -32,11 +32,11 @@ from transformers import PreTrainedModel, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_callback import ExportableState
 
-from ..modeling_stepwise import ImplicitCoTStepwiseForCausalLM
-from ..teacher import generate_explicit
-from .base import ICoTTrainer
+from .modeling_stepwise import ImplicitCoTStepwiseForCausalLM
+from ..generation import generate_explicit
+from ..trainers.base import ICoTTrainer
 from .stepwise_config import StepwiseInternalizationConfig
-from .teacher_trainer import implicit_prompts
+from ..trainers.teacher_trainer import implicit_prompts
 
 logger = logging.getLogger(__name__)
 BEST_DIR = "best_fully_removed"

@@ -1,0 +1,25 @@
+"""ICoT-KD (Deng et al. 2023, "Implicit Chain of Thought Reasoning via Knowledge Distillation"):
+the mind-reading student, the thought emulator and their composite (the inference artifact),
+the teacher states they learn from, and, loaded on first use, one trainer + config per stage
+(the explicit-CoT teacher every method starts from is shared: `icot_hf.trainers`)."""
+
+from .configuration_icot import ImplicitCoTConfig, ImplicitCoTEmulatorConfig, ImplicitCoTStudentConfig
+from .modeling_icot import ImplicitCoTEmulator, ImplicitCoTForCausalLM, ImplicitCoTStudent
+
+_LAZY = {
+    "MindReadingConfig": ".mind_reading_config", "MindReadingTrainer": ".mind_reading_trainer",
+    "ThoughtEmulationConfig": ".emulator_config", "ThoughtEmulationTrainer": ".emulator_trainer",
+    "CoupledConfig": ".coupled_config", "CoupledTrainer": ".coupled_trainer",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["ImplicitCoTConfig", "ImplicitCoTEmulatorConfig", "ImplicitCoTStudentConfig", "ImplicitCoTEmulator", "ImplicitCoTForCausalLM",
+           "ImplicitCoTStudent", *sorted(_LAZY)]
