@@ -339,6 +339,51 @@ def _encode(tokenizer, texts: Sequence[str], separator_id: int | None = None, co
     return ids
 
 
+# ----------------------------------------------------------------------------- reasoning steps
+
+GSM_STEP = re.compile(r"<<[^<>]*>>")
+MULTIPLICATION_STEP_SEPARATOR = re.compile(r" \+ ")
+
+
+def split_steps(cot: str) -> list[str]:
+    """A CoT's reasoning steps: GSM8K's `<<...>>` expressions (its ICoT-format CoT
+    `<<48/2=24>> <<48+24=72>>`), else the CoT split at ` + ` (k-by-k multiplication: each partial
+    product with its running sum). Coconut turns whole steps into latents; ICoT-SI can remove
+    whole steps (`removal_granularity: steps`)."""
+    cot = cot.strip()
+    if not cot:
+        return []
+    if "<<" in cot:
+        return GSM_STEP.findall(cot)
+    return [step.strip() for step in cot.split(" + ") if step.strip()]
+
+
+def step_starts(cot: str) -> list[int]:
+    """Character offsets in `cot` where each step after the first begins: what lies before a
+    start (a ` + `, the space between two `<<...>>`) belongs to the step before it."""
+    if "<<" in cot:
+        return [match.start() for match in GSM_STEP.finditer(cot)][1:]
+    return [match.end() for match in MULTIPLICATION_STEP_SEPARATOR.finditer(cot)]
+
+
+def step_token_ends(offsets: Sequence[tuple[int, int]], span: range, boundaries: Sequence[int]) -> list[int]:
+    """For the tokens `span` of a tokenised CoT (character `offsets` as the tokenizer gives them,
+    in the string that was tokenised) and the characters where steps 2, 3, ... begin in that
+    string: how many CoT tokens lie in steps 1..k, for each k (the last is the CoT's length). A
+    token belongs to the step its last character lies in."""
+    counts = [0] * (len(boundaries) + 1)
+    for token in span:
+        last = offsets[token][1] - 1
+        counts[sum(1 for b in boundaries if b <= last)] += 1
+    return list(np.cumsum(counts).tolist())
+
+
+def _needs_offsets(tokenizer) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"{type(tokenizer).__name__} gives no character offsets, which finding each token's CoT step needs "
+                         "(removal_granularity: steps): use a fast tokenizer (AutoTokenizer.from_pretrained(..., use_fast=True))")
+
+
 SEQUENCE_FORMATS = ("compact", "reference")
 
 
@@ -361,7 +406,7 @@ def answer_from_generation(text: str) -> str:
     return text
 
 
-def _reference_views(examples, tokenizer, separator_id: int, views: Sequence[str]) -> dict[str, list]:
+def _reference_views(examples, tokenizer, separator_id: int, views: Sequence[str], step_ends: bool = False) -> dict[str, list]:
     """The paper's sequences (its data.py), tokenised whole as it does:
     explicit ' ' + input + ' ' + S + ' ' + cot + ' ' + S + ' ' + answer + ' ' + S, implicit
     without the CoT, answer = '#### ' + digits with commas removed. A BPE tokenizer keeps the
@@ -373,17 +418,27 @@ def _reference_views(examples, tokenizer, separator_id: int, views: Sequence[str
         for question, cot, answer in zip(examples["input"], examples["cot"], examples["answer"]):
             parts = [question, reference_answer(answer)] if view == "implicit" else [question, cot, reference_answer(answer)]
             texts.append("".join(f" {part} {separator}" for part in parts))
-        ids_col = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        labels_col, seps_col = [], []
+        with_steps = step_ends and view == "explicit"
+        if with_steps:
+            _needs_offsets(tokenizer)
+        encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=with_steps)
+        ids_col = encoded["input_ids"]
+        labels_col, seps_col, ends_col = [], [], []
         expected = 2 if view == "implicit" else 3
-        for text, ids in zip(texts, ids_col):
+        for row, (text, ids) in enumerate(zip(texts, ids_col)):
             seps = [i for i, token in enumerate(ids) if token == separator_id]
             if len(seps) != expected:
                 raise ICoTFormatError(f"{text[:80]!r}: {len(seps)} separator tokens after tokenisation, expected {expected}: the "
                                       f"tokenizer must keep {separator!r} whole (a special token) and the text must not contain it")
             labels_col.append([-100] * (seps[0] + 1) + ids[seps[0] + 1 :])
             seps_col.append(seps)
+            if with_steps:  # the CoT begins after ' ' + input + ' ' + S + ' '
+                cot = examples["cot"][row]
+                start = len(f" {examples['input'][row]} {separator} ")
+                ends_col.append(step_token_ends(encoded["offset_mapping"][row], range(seps[0] + 1, seps[1]), [start + b for b in step_starts(cot)]))
         out[f"{view}_input_ids"], out[f"{view}_labels"], out[f"{view}_separators"] = ids_col, labels_col, seps_col
+        if with_steps:
+            out["explicit_step_ends"] = ends_col
     return out
 
 
@@ -394,13 +449,16 @@ def build_views(
     views: Sequence[str] = VIEWS,
     max_length: int | None = None,
     sequence_format: str = "compact",
+    step_ends: bool = False,
 ) -> dict[str, list]:
     """Batched `datasets.map` function: token ids, labels and separator positions per view.
 
     `compact` (icot_hf's default): each part tokenised on its own with a leading space, S
-    appended by id. `reference`: the paper's code's strings exactly (`_reference_views`)."""
+    appended by id. `reference`: the paper's code's strings exactly (`_reference_views`).
+    `step_ends` adds `explicit_step_ends`: the CoT tokens through each reasoning step
+    (`split_steps`), which removal by whole steps reads."""
     if sequence_format == "reference":
-        out = _reference_views(examples, tokenizer, separator_id, views)
+        out = _reference_views(examples, tokenizer, separator_id, views, step_ends)
         if max_length is not None:
             out["length"] = [max(len(out[f"{v}_input_ids"][i]) for v in views) for i in range(len(examples["input"]))]
         return out
@@ -408,6 +466,11 @@ def build_views(
     answers = _encode(tokenizer, examples["answer"], separator_id, "answer")
     cots = _encode(tokenizer, examples["cot"], separator_id, "cot") if "explicit" in views else None
     out: dict[str, list] = {}
+    if step_ends:  # the CoT as _encode tokenises it (" " + cot), with offsets
+        _needs_offsets(tokenizer)
+        encoded = tokenizer([" " + cot for cot in examples["cot"]], add_special_tokens=False, return_offsets_mapping=True)
+        out["explicit_step_ends"] = [step_token_ends(offsets, range(len(offsets)), [1 + b for b in step_starts(cot)])
+                                     for cot, offsets in zip(examples["cot"], encoded["offset_mapping"])]
     for view in views:
         ids_col, labels_col, seps_col = [], [], []
         for i, (question, answer) in enumerate(zip(inputs, answers)):
@@ -441,12 +504,14 @@ def tokenize_dataset(
     num_proc: int | None = None,
     split_name: str = "dataset",
     sequence_format: str = "compact",
+    step_ends: bool = False,
 ) -> Dataset:
     """Tokenise `dataset` into the given views (cached by `datasets` like any map), in the
     `compact` or the paper's `reference` sequence format (see `build_views`).
 
     Sequences longer than `max_length` (the model's context) raise an error naming the
     first offending row, or are dropped with a logged count when on_overflow="drop".
+    `step_ends` adds each example's `explicit_step_ends` (see `build_views`).
     """
     if on_overflow not in ("error", "drop"):
         raise ValueError(f"on_overflow must be 'error' or 'drop', got {on_overflow!r}")
@@ -461,7 +526,7 @@ def tokenize_dataset(
         build_views,
         batched=True,
         fn_kwargs={"tokenizer": tokenizer, "separator_id": separator_id, "views": tuple(views), "max_length": max_length,
-                   "sequence_format": sequence_format},
+                   "sequence_format": sequence_format, "step_ends": step_ends and "explicit" in views},
         remove_columns=[c for c in dataset.column_names if c not in COLUMNS],
         num_proc=num_proc,
         desc=f"Tokenising {split_name} ({'+'.join(views)} view)",
@@ -541,6 +606,10 @@ class ICoTCollator:
             batch[f"{view}_attention_mask"] = mask
             batch[f"{view}_labels"] = labels
             batch[f"{view}_separators"] = separators
+        if features and "explicit_step_ends" in features[0]:  # padded with each row's CoT length: steps past its last remove it all
+            ends = [f["explicit_step_ends"] for f in features]
+            width = max(len(e) for e in ends)
+            batch["explicit_step_ends"] = torch.tensor([list(e) + [e[-1]] * (width - len(e)) for e in ends], dtype=torch.long)
         if features and "teacher_states" in features[0]:  # a teacher-state cache column (state_cache.py)
             batch["teacher_states"] = torch.tensor(np.asarray([f["teacher_states"] for f in features]), dtype=torch.float32)
         return batch

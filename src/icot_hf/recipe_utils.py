@@ -241,7 +241,8 @@ def build_distillation_base(script_args: ScriptArguments, tokenizer, teacher):
     return AutoModelForCausalLM.from_config(teacher.config)
 
 
-def load_splits(script_args: ScriptArguments, tokenizer, views, context_length: int | None, reads_teacher_states: bool = False):
+def load_splits(script_args: ScriptArguments, tokenizer, views, context_length: int | None, reads_teacher_states: bool = False,
+                step_ends: bool = False):
     """Tokenised train and eval splits (views as asked), checked against the model's context.
     `reads_teacher_states` (mind-reading, emulator): examples with an empty CoT are refused in
     training and left out of evaluation (data.without_empty_cot)."""
@@ -257,7 +258,7 @@ def load_splits(script_args: ScriptArguments, tokenizer, views, context_length: 
     if reads_teacher_states:
         train = without_empty_cot(train, f"{script_args.dataset_name_or_path}[{script_args.train_split}]", training=True)
     common = dict(views=views, separator_token=script_args.separator_token, max_length=context_length, on_overflow=script_args.on_overflow,
-                  sequence_format=script_args.sequence_format)
+                  sequence_format=script_args.sequence_format, step_ends=step_ends)
     train = tokenize_dataset(train, tokenizer, split_name=f"{script_args.dataset_name_or_path}[{script_args.train_split}]", **common)
     evaluation = None
     if script_args.eval_split and script_args.eval_split in dataset:

@@ -21,24 +21,12 @@ padding.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-GSM_STEP = re.compile(r"<<[^<>]*>>")
-
-
-def split_steps(cot: str) -> list[str]:
-    """A CoT's reasoning steps: GSM8K's `<<...>>` expressions, else the CoT split at ` + `
-    (multiplication's partial products with their running sums)."""
-    cot = cot.strip()
-    if not cot:
-        return []
-    if "<<" in cot:
-        return GSM_STEP.findall(cot)
-    return [step.strip() for step in cot.split(" + ") if step.strip()]
+from ..data import split_steps  # the steps Coconut replaces (one definition for every method)
 
 
 @dataclass

@@ -30,7 +30,7 @@ def main():
         model = build_base_model(script_args, tokenizer)
     record_sequence_format(model, script_args)
     views = ("explicit",)
-    train, evaluation = load_splits(script_args, tokenizer, views, context_length_of(model))
+    train, evaluation = load_splits(script_args, tokenizer, views, context_length_of(model), step_ends=training_args.removal_granularity == "steps")
     separator = separator_token_id(tokenizer, script_args.separator_token)
     trainer = StepwiseInternalizationTrainer(
         model=model,

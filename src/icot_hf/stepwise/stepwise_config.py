@@ -6,6 +6,7 @@ from ..trainers.common_config import ICoTTrainingArguments, document_fields
 
 SCHEDULES = ("fixed", "reference", "gated")
 GATE_METRICS = ("sequence_accuracy", "token_accuracy")
+GRANULARITIES = ("tokens", "steps")
 
 
 @document_fields("""
@@ -31,7 +32,13 @@ class StepwiseInternalizationConfig(ICoTTrainingArguments):
 
     output_dir: str = field(default="outputs/stepwise", metadata={"help": "Where checkpoints and the final model go."})
     removal_schedule: str = field(default="fixed", metadata={"help": f"How stages advance: one of {SCHEDULES}."})
-    remove_per_stage: int = field(default=8, metadata={"help": "CoT tokens removed at each schedule stage (the reference: 1)."})
+    remove_per_stage: int = field(default=8, metadata={"help": "CoT tokens (or steps) removed at each schedule stage (the reference: 1 token)."})
+    removal_granularity: str = field(
+        default="tokens",
+        metadata={"help": "What a stage removes: 'tokens' (the paper and its released code) or whole reasoning 'steps' (icot_hf.data."
+                  "split_steps: GSM8K's <<...>>, multiplication's partial products split at ' + '); remove_per_stage, the smoothing "
+                  "offsets and max_removal_offset then count steps. Needs a fast tokenizer (character offsets)."},
+    )
     removal_unit: str = field(default="epoch", metadata={"help": "fixed schedule: what a stage is, 'epoch' or 'steps'."})
     removal_interval_steps: int = field(
         default=1000, metadata={"help": "fixed/steps: optimizer steps per stage; reference: its steps_per_removed_token (4x4: 3156)."}
@@ -83,6 +90,8 @@ class StepwiseInternalizationConfig(ICoTTrainingArguments):
             raise ValueError(f"removal_schedule must be one of {SCHEDULES}, got {self.removal_schedule!r}")
         if self.remove_per_stage < 1:
             raise ValueError(f"remove_per_stage must be >= 1, got {self.remove_per_stage}")
+        if self.removal_granularity not in GRANULARITIES:
+            raise ValueError(f"removal_granularity must be one of {GRANULARITIES}, got {self.removal_granularity!r}")
         if self.removal_unit not in ("epoch", "steps"):
             raise ValueError(f"removal_unit must be 'epoch' or 'steps', got {self.removal_unit!r}")
         if self.removal_interval_steps < 1:

@@ -3,8 +3,11 @@ training proceeds. The model stays a plain causal LM; inference is `generate` on
 
 At stage s, `s * remove_per_stage` leading CoT tokens are removed from every example, plus
 a per-example smoothing offset o in [0, max_removal_offset] with P(o) ~ exp(-lambda * o).
-Removal happens on the collated batch inside the training step (vectorised). How s moves
-is the schedule (`removal_schedule`):
+Removal happens on the collated batch inside the training step (vectorised). With
+`removal_granularity: steps` a stage removes whole reasoning steps instead (the offsets count
+steps too): each example's `explicit_step_ends` (the CoT tokens through each step, computed at
+tokenisation from `icot_hf.data.split_steps`) turns its step count into a token count, so a
+step's tokens always go together. How s moves is the schedule (`removal_schedule`):
 
 - fixed and reference: s is a function of the global step, so a resumed run continues at
   the same position;
@@ -64,6 +67,16 @@ def removal_offsets(count: int, lam: float, max_offset: int, generator: torch.Ge
         return torch.zeros(count, dtype=torch.long)
     weights = torch.exp(-lam * torch.arange(max_offset + 1, dtype=torch.double))
     return torch.multinomial(weights / weights.sum(), count, replacement=True, generator=generator)
+
+
+def steps_to_tokens(steps: torch.Tensor, step_ends: torch.Tensor) -> torch.Tensor:
+    """Per row, the CoT tokens that its first `steps[b]` reasoning steps take (`step_ends`: the
+    collated `explicit_step_ends`, each row padded with its CoT length, so steps past its last
+    remove the whole CoT)."""
+    steps = steps.to(step_ends.device)
+    index = (steps - 1).clamp(min=0, max=step_ends.shape[1] - 1)
+    tokens = step_ends.gather(1, index.unsqueeze(1)).squeeze(1)
+    return torch.where(steps > 0, tokens, torch.zeros_like(tokens))
 
 
 def remove_cot_tokens(input_ids, attention_mask, separators, removed, pad_token_id: int):
@@ -164,6 +177,9 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
     def views(self, training_args):
         return ("explicit",)  # removal cuts the explicit view; prompts for exact match come from it too
 
+    def reads_step_ends(self, training_args) -> bool:
+        return training_args.removal_granularity == "steps"
+
     def __init__(self, *args, pad_token_id: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if self.args.removal_schedule == "gated" and self.eval_dataset is None:
@@ -203,11 +219,43 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
         return self._cot_lengths
 
     def longest_cot(self) -> int:
-        """Tokens in the longest chain of thought of the training set: past it, all CoT is gone."""
+        """Tokens in the longest chain of thought of the training set."""
         return int(self.cot_lengths().max())
 
+    def by_steps(self) -> bool:
+        return self.args.removal_granularity == "steps"
+
+    def cot_steps(self) -> list[list[int]]:
+        """Each training example's `explicit_step_ends` (read once; removal by whole steps)."""
+        if getattr(self, "_cot_steps", None) is None:
+            if "explicit_step_ends" not in self.train_dataset.column_names:
+                raise ValueError("removal_granularity: steps reads each example's explicit_step_ends: pass raw data (input/cot/answer), "
+                                 "or tokenise with icot_hf.data.tokenize_dataset(..., step_ends=True)")
+            self._cot_steps = self.train_dataset["explicit_step_ends"]
+        return self._cot_steps
+
+    def longest_cot_in_units(self) -> int:
+        """The longest chain of thought in what a stage removes (tokens or steps): past it, all CoT is gone."""
+        return max(len(ends) for ends in self.cot_steps()) if self.by_steps() else self.longest_cot()
+
     def fully_removed(self, stage: int) -> bool:
-        return stage * self.args.remove_per_stage >= self.longest_cot()
+        return stage * self.args.remove_per_stage >= self.longest_cot_in_units()
+
+    def tokens_removed(self, units: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Per row, the CoT tokens that removing `units` (tokens, or whole steps) takes."""
+        if not self.by_steps():
+            return units
+        if "explicit_step_ends" not in batch:
+            raise ValueError("removal_granularity: steps needs explicit_step_ends in every batch: use icot_hf's collator "
+                             "(icot_hf.data.ICoTCollator) on data tokenised with step_ends=True")
+        return steps_to_tokens(units, batch["explicit_step_ends"])
+
+    def median_tokens_removed(self, stage: int) -> int:
+        """The CoT tokens `stage` removes from the median training example (all of a shorter one's)."""
+        units = stage * self.args.remove_per_stage
+        if not self.by_steps():
+            return min(units, int(np.median(self.cot_lengths())))
+        return int(np.median([ends[min(units, len(ends)) - 1] if units > 0 else 0 for ends in self.cot_steps()]))
 
     def removal_for_batch(self, batch_size: int) -> torch.Tensor:
         """Scheduled count plus smoothing offsets, seeded by (seed, global step): resumable."""
@@ -262,7 +310,7 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
         right_rows = right_tokens = tokens = rows = 0
         for batch in self.gate_batches():
             batch = {k: v.to(self.args.device) for k, v in batch.items()}
-            removed = torch.full((batch["explicit_input_ids"].shape[0],), stage * self.args.remove_per_stage)
+            removed = self.tokens_removed(torch.full((batch["explicit_input_ids"].shape[0],), stage * self.args.remove_per_stage), batch)
             ids, mask, labels, _ = remove_cot_tokens(batch["explicit_input_ids"], batch["explicit_attention_mask"], batch["explicit_separators"], removed, self.pad_token_id)
             logits = model(input_ids=ids, attention_mask=mask, **self.positions(ids, batch["explicit_separators"], removed)).logits
             right, total = teacher_forced_accuracy(logits, labels)
@@ -289,7 +337,9 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
         passed = value >= self.args.gate_threshold
         self.log({"eval_gate_" + k: v for k, v in scores.items()} | {"eval_gate_removal_stage": float(schedule.stage)})
         if passed or capped:
-            schedule.advances.append({"step": step, "from_stage": schedule.stage, "removed_tokens": schedule.stage * self.args.remove_per_stage,
+            removed = ({"removed_tokens": self.median_tokens_removed(schedule.stage), "removed_steps": schedule.stage * self.args.remove_per_stage}
+                       if self.by_steps() else {"removed_tokens": schedule.stage * self.args.remove_per_stage})
+            schedule.advances.append({"step": step, "from_stage": schedule.stage, **removed,
                                       "steps_in_stage": in_stage, "reason": "gate" if passed else "cap", self.args.gate_metric: value})
             if self.args.save_frontier_points:
                 self._save_frontier_point(schedule.advances[-1] | {f"gate_{k}": v for k, v in scores.items()})
@@ -302,8 +352,8 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
 
     def position_gap(self, stage: int) -> int:
         """The position gap a model trained through `stage` answers with: the tokens that stage
-        removes, capped by the median training CoT length (rows of other lengths differ a little)."""
-        return min(stage * self.args.remove_per_stage, int(np.median(self.cot_lengths())))
+        removes from the median training example (rows of other lengths differ a little)."""
+        return self.median_tokens_removed(stage)
 
     def frontier_index(self) -> list[dict]:
         path = os.path.join(self.args.output_dir, FRONTIER_DIR, FRONTIER_INDEX)
@@ -327,7 +377,7 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
         before this step (a resumed run re-makes what came after its checkpoint; an older run's
         points in the folder are never listed)."""
         stage = advance["from_stage"]
-        name = f"removed-{advance['removed_tokens']:03d}"
+        name = f"removed-{advance['removed_steps']:03d}-steps" if "removed_steps" in advance else f"removed-{advance['removed_tokens']:03d}"
         folder = os.path.join(self.args.output_dir, FRONTIER_DIR)
         target, temporary = os.path.join(folder, name), os.path.join(folder, name + ".tmp")
         model = self.accelerator.unwrap_model(self.model)
@@ -356,11 +406,11 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
-            removed = self.removal_for_batch(inputs["explicit_input_ids"].shape[0])
+            removed = self.tokens_removed(self.removal_for_batch(inputs["explicit_input_ids"].shape[0]), inputs)
             separators = inputs["explicit_separators"]
             self._previous_batch_cot_gone = bool((removed.to(separators.device) >= separators[:, 1] - separators[:, 0] - 1).all())
         else:  # evaluate at the removal the last training step used, no smoothing
-            removed = torch.full((inputs["explicit_input_ids"].shape[0],), self.evaluated_stage() * self.args.remove_per_stage)
+            removed = self.tokens_removed(torch.full((inputs["explicit_input_ids"].shape[0],), self.evaluated_stage() * self.args.remove_per_stage), inputs)
         ids, mask, labels, _ = remove_cot_tokens(inputs["explicit_input_ids"], inputs["explicit_attention_mask"], inputs["explicit_separators"], removed, self.pad_token_id)
         loss, outputs = self.causal_lm_loss(model, labels, input_ids=ids, attention_mask=mask, **self.positions(ids, inputs["explicit_separators"], removed))
         self.record(removed_tokens=float(removed.float().mean()))
@@ -405,7 +455,7 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
         if (self.args.save_frontier_points or os.path.isfile(index)) and not resume_from_checkpoint and self.is_world_process_zero():
             self._write_frontier_index([])  # a fresh run lists only its own points (none, when it saves none)
         if self.args.removal_schedule == "gated" and self.args.max_steps > 0:
-            stages = math.ceil(self.longest_cot() / self.args.remove_per_stage) - self.args.removal_start_stage + 1
+            stages = math.ceil(self.longest_cot_in_units() / self.args.remove_per_stage) - self.args.removal_start_stage + 1
             if stages * self.args.max_stage_steps >= self.args.max_steps:
                 logger.warning("stepwise: %d stages x max_stage_steps %d >= max_steps %d: if stages hit their cap, the run ends before "
                                "the chain of thought is fully removed; lower max_stage_steps or raise max_steps",
@@ -473,6 +523,7 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
         gaps = 0
         if self.args.keep_positions:  # each row's separator sits after the CoT span this stage removes
             separators = batch["explicit_separators"]
-            gaps = torch.clamp(separators[:, 1] - separators[:, 0] - 1, max=self.evaluated_stage() * self.args.remove_per_stage)
+            units = torch.full((separators.shape[0],), self.evaluated_stage() * self.args.remove_per_stage, device=separators.device)
+            gaps = torch.minimum(separators[:, 1] - separators[:, 0] - 1, self.tokens_removed(units, batch).to(separators.device))
         return generate_explicit(model, prompts, mask, self.separator_id, self.separator_id if pad is None else pad,
                                  self.args.max_new_tokens, position_gap=gaps)["answer"]

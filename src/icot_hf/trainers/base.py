@@ -225,7 +225,8 @@ class ICoTTrainer(LibraryTrainerMixin, Trainer):
         views = self.views(training_args)
         context_model = self.frozen_teacher if self.frozen_teacher is not None else model
         for split in ("train_dataset", "eval_dataset"):
-            kwargs[split] = stage_dataset(kwargs.get(split), tokenizer, views, model, context_model, f"{name} {split}")
+            kwargs[split] = stage_dataset(kwargs.get(split), tokenizer, views, model, context_model, f"{name} {split}",
+                                          step_ends=self.reads_step_ends(training_args))
         if kwargs.get("data_collator") is None and tokenizer is not None:
             kwargs["data_collator"] = default_collator(tokenizer, views)
         if peft_config is not None and model is not None:
@@ -247,6 +248,10 @@ class ICoTTrainer(LibraryTrainerMixin, Trainer):
     def views(self, training_args) -> tuple[str, ...]:
         """The tokenised views this stage reads (data.build_views)."""
         return ("explicit", "implicit")
+
+    def reads_step_ends(self, training_args) -> bool:
+        """Whether this stage reads each example's CoT step boundaries (data.build_views' step_ends)."""
+        return False
 
     def causal_lm_loss(self, model, labels: torch.Tensor, **forward_kwargs):
         """(loss, outputs) of `model(**forward_kwargs)` against `labels`, recording token accuracy.

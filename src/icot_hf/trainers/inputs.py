@@ -74,7 +74,7 @@ def resolve_tokenizer(processing_class, *names):
     return None
 
 
-def stage_dataset(dataset, tokenizer, views, model, context_model, name: str):
+def stage_dataset(dataset, tokenizer, views, model, context_model, name: str, step_ends: bool = False):
     """`dataset` as the stage reads it: already-tokenised data passes through as it is; raw `input`,
     `cot`, `answer` columns are tokenised (cached by `datasets`) in the model's sequence format,
     checked against `context_model`'s context (the teacher's, where it reads the explicit view)."""
@@ -94,7 +94,7 @@ def stage_dataset(dataset, tokenizer, views, model, context_model, name: str):
         raise ValueError(f"{name} holds raw text: pass processing_class=<the tokenizer> to tokenise it")
     config = getattr(model, "config", None)
     return tokenize_dataset(dataset, tokenizer, views=views, max_length=context_length(context_model), split_name=name,
-                            sequence_format=sequence_format_of(model) if config is not None else "compact")
+                            sequence_format=sequence_format_of(model) if config is not None else "compact", step_ends=step_ends)
 
 
 def context_length(model) -> int | None:
