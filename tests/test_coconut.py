@@ -2,6 +2,7 @@
 the saved folder through AutoModelForCausalLM (and trust_remote_code), batched generation that gives
 each row what it gives alone, and bad input refused in one line with nothing written."""
 
+import copy
 import json
 
 import pytest
@@ -304,3 +305,67 @@ def test_model_card_cites_coconut_and_push_takes_the_one_path(trained, monkeypat
     monkeypatch.setattr(hub, "push_folder", lambda folder, repo_id, card=None, **kw: pushed.update(folder=folder, repo_id=repo_id, card=card))
     trainer.push_to_hub()
     assert pushed["folder"] == trainer.args.output_dir and "Coconut" in pushed["card"]
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_a_lora_run_trains_adapters_and_the_new_token_rows_and_its_folder_loads_alone(tmp_path, kind):
+    """TRL-style with peft_config: only the adapters and the three new tokens' rows train (the
+    base stays as it was); the saved folder (adapter + the base it sits on) loads with
+    AutoModelForCausalLM from another directory, answers as the trained model does, and batched
+    generation over left-padded prompts gives each row what it gives alone. GPT-2 ties its output
+    layer to the input embedding; the tiny Llama does not."""
+    import shutil
+
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from icot_hf import CoconutTrainer
+
+    tokenizer = digit_tokenizer()
+    torch.manual_seed(0)
+    if kind == "llama":
+        lm, targets = tiny_llama(tokenizer), ["q_proj", "v_proj"]
+    else:
+        lm = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_layer=2, n_embd=32, n_head=2, n_positions=128,
+                                        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id))
+        targets = ["c_attn"]
+    before = {k: v.clone() for k, v in lm.state_dict().items()}
+    trainer = CoconutTrainer(model=lm, args=digit_args(tmp_path), train_dataset=raw_dataset(), processing_class=tokenizer,
+                             peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=0.0))
+    model = trainer.model
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name or "trainable_tokens_delta" in name for name in trainable), trainable
+    assert any("trainable_tokens_delta" in name for name in trainable)
+    trainer.train()
+    moved = {name: float(p.abs().max()) for name, p in model.named_parameters() if p.requires_grad and ("lora_B" in name or "delta" in name)}
+    assert all(v > 0 for v in moved.values()), moved  # both start at zero: they trained
+    trainer.save_model()
+    folder = tmp_path / "moved"
+    shutil.copytree(tmp_path / "coconut", folder)
+    shutil.rmtree(tmp_path / "coconut")
+    assert (folder / "lora_adapter" / "adapter_config.json").exists() and (folder / "lora_base" / "config.json").exists()
+    base = model._frozen_base().state_dict()
+    new_rows = [model.config.latent_token_id, model.config.start_latent_id, model.config.end_latent_id]
+    for key, value in before.items():  # the base the adapters sit on is the LM as given, bar the rows the tokens added
+        rows = min(value.shape[0], base[key].shape[0]) if value.dim() else None
+        torch.testing.assert_close(base[key][:rows], value[:rows], msg=key)
+
+    loaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert type(loaded).__name__ == "CoconutForCausalLM" and loaded.has_lora
+    loaded_tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
+    questions = ["1 3 4 5 * 8 1 9 3", "2 4 6 6 * 5 1 1 7", "1 2 * 3 4", "9 * 9", "1 2 3 * 4 5 6", "5 5 5 5 * 1 1 1 1", "7 * 1 2", "3 4 5 6 * 7"]
+    prompts = [loaded.prompt(q, question_suffix="") for q in questions]
+    batch = loaded_tokenizer(prompts, return_tensors="pt", padding=True)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits)
+        merged = copy.deepcopy(model).merge_lora()
+        assert not merged.has_lora
+        torch.testing.assert_close(merged(**batch).logits, model(**batch).logits, rtol=1e-4, atol=1e-5)
+    out = loaded.generate(**batch, max_new_tokens=12, do_sample=False)
+    width = batch["input_ids"].shape[1]
+    for i, prompt in enumerate(prompts):
+        alone = loaded_tokenizer([prompt], return_tensors="pt")
+        single = loaded.generate(**alone, max_new_tokens=12, do_sample=False)[0, alone["input_ids"].shape[1]:].tolist()
+        assert out[i, width:].tolist()[:len(single)] == single, f"row {i}"
+    assert set(new_rows) == set(model.lm.peft_config["default"].trainable_token_indices)

@@ -18,7 +18,7 @@ import math
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer, TrainerCallback
 
-from ..trainers.base import LibraryTrainerMixin, disable_dropout
+from ..trainers.base import LibraryTrainerMixin, apply_lora, disable_dropout
 from ..trainers.inputs import default_config, is_name
 from .coconut_config import CoconutConfig
 from .configuration_coconut import END_LATENT, LATENT, START_LATENT
@@ -77,8 +77,6 @@ class CoconutTrainer(LibraryTrainerMixin, Trainer):
             raise TypeError("CoconutTrainer expects args=CoconutConfig(...) (or None for its defaults)")
         if args.dataloader_num_workers:
             raise ValueError("CoconutTrainer rebuilds its dataset at each epoch in the main process: set dataloader_num_workers=0")
-        if peft_config is not None or args.use_peft:
-            raise ValueError("CoconutTrainer does not train LoRA adapters yet: leave peft_config unset and use_peft false")
         if processing_class is None:
             if not is_name(model):
                 raise ValueError("pass processing_class (the tokenizer) when model is a model instance")
@@ -90,6 +88,8 @@ class CoconutTrainer(LibraryTrainerMixin, Trainer):
                                            pad_latent_to_max=args.pad_latent_to_max, uniform_prob=args.uniform_prob)
         self.text_format = CoconutFormat(args.question_suffix, args.step_suffix, args.answer_prefix)
         model = self.build_model(model, tokenizer, args, model_init_kwargs)
+        if peft_config is not None or args.use_peft:  # LoRA on the wrapped LM, the new token rows trained (CoconutForCausalLM.add_lora)
+            model = apply_lora(model, peft_config if peft_config is not None else args.lora_config())
         self.ids = {"latent": model.config.latent_token_id, "start": model.config.start_latent_id, "end": model.config.end_latent_id}
         examples = self.tokenize(train_dataset, tokenizer, "train_dataset") if train_dataset is not None else None
         self.eval_examples = self.tokenize(eval_dataset, tokenizer, "eval_dataset") if eval_dataset is not None else None

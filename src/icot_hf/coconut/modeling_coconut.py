@@ -28,10 +28,11 @@ from transformers import AutoModelForCausalLM, DynamicCache, GenerationMixin, Pr
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_coconut import END_LATENT, LATENT, START_LATENT, CoconutModelConfig
+from ..lora_wrapper import WrapsLoRA, is_lora_folder
 from ..remote_code import CarriesItsCode
 
 
-class CoconutForCausalLM(CarriesItsCode, PreTrainedModel, GenerationMixin):
+class CoconutForCausalLM(WrapsLoRA, CarriesItsCode, PreTrainedModel, GenerationMixin):
     """A causal LM (`.lm`) whose `<|latent|>` positions are fed its own last hidden state.
 
     Example:
@@ -88,6 +89,25 @@ class CoconutForCausalLM(CarriesItsCode, PreTrainedModel, GenerationMixin):
         model.lm = lm  # after construction, which initialises weights
         model.generation_config = copy.deepcopy(lm.generation_config)
         return model
+
+    # ------------------------------------------------------------------ LoRA (lora_wrapper.py)
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """A saved Coconut folder; a LoRA-trained one (adapter + the base it sits on) loads the same way."""
+        if is_lora_folder(pretrained_model_name_or_path):
+            return cls.from_lora_checkpoint(str(pretrained_model_name_or_path))
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    def add_lora(self, lora_config):
+        """LoRA on the wrapped LM. The three new tokens' rows start as copies of an existing
+        token's and the released code trains them with everything else, so unless the config
+        says which token rows or modules to train, theirs are trained (peft's
+        `trainable_token_indices`: those rows of the input embedding, and of the output layer
+        where it is tied to it), nothing else of the embeddings."""
+        lora_config = copy.deepcopy(lora_config)
+        if getattr(lora_config, "trainable_token_indices", None) is None and not getattr(lora_config, "modules_to_save", None):
+            lora_config.trainable_token_indices = sorted({self.config.latent_token_id, self.config.start_latent_id, self.config.end_latent_id})
+        return super().add_lora(lora_config)
 
     def check_tokenizer(self, tokenizer) -> None:
         """The tokenizer must hold the three tokens at this model's ids."""

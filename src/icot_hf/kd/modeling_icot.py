@@ -21,13 +21,11 @@ from transformers.utils import ModelOutput
 from .configuration_icot import ImplicitCoTConfig, ImplicitCoTEmulatorConfig, ImplicitCoTStudentConfig
 from .fused_inference import InferenceStep, can_fuse_emulator
 from ..hooks import edit_layer_inputs, substitute_rows, substitute_states
+from ..lora_wrapper import WrapsLoRA, is_lora_folder
 from ..remote_code import CarriesItsCode
 from ..generation import new_token_budget
 
 
-LORA_ADAPTER_DIR = "lora_adapter"
-LORA_BASE_DIR = "lora_base"
-NON_BASE_WEIGHTS = "icot_modules.safetensors"
 WHAT_IT_IS = {"icot": "a coupled ImplicitCoTForCausalLM (load it with ImplicitCoTForCausalLM.from_pretrained; its parts are "
                       ".student and .emulator)",
               "icot_student": "a mind-reading student (ImplicitCoTStudent; pass it as student_name_or_path)",
@@ -88,7 +86,7 @@ class StateMLP(nn.Sequential):
         super().__init__(nn.Linear(in_features, ratio * out_features), nn.ReLU(), nn.Linear(ratio * out_features, out_features))
 
 
-class ImplicitCoTPreTrainedModel(CarriesItsCode, PreTrainedModel):
+class ImplicitCoTPreTrainedModel(WrapsLoRA, CarriesItsCode, PreTrainedModel):
     base_model_prefix = "icot"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
@@ -129,92 +127,15 @@ class ImplicitCoTPreTrainedModel(CarriesItsCode, PreTrainedModel):
             )
         return states
 
-    # ------------------------------------------------------------------ LoRA (peft)
-
-    @property
-    def has_lora(self) -> bool:
-        return hasattr(self.lm, "peft_config")
-
-    def add_lora(self, lora_config) -> "ImplicitCoTPreTrainedModel":
-        """Wrap the base LM with LoRA adapters. Only the base LM is adapted (and frozen apart
-        from its adapters); the state MLPs, mixture table and recurrent cell stay fully trainable."""
-        from peft import get_peft_model
-
-        self.lm = get_peft_model(self.lm, lora_config)
-        return self
-
-    def merge_lora(self) -> "ImplicitCoTPreTrainedModel":
-        """Fold the adapters into the base weights: a plain model again (saves and loads as usual)."""
-        if self.has_lora:
-            self.lm = self.lm.merge_and_unload()
-        return self
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """With LoRA: the adapter (`lora_adapter/`), the frozen base LM it was trained on
-        (`lora_base/`), the non-base weights and the config. The base travels with the folder:
-        the LM a student or emulator adapts is often not a Hub model but an earlier stage's
-        weights (or, read from its config, the teacher's path), so the adapter records no base
-        path of its own (`base_model_name_or_path: null`) and the folder loads from anywhere."""
-        if not self.has_lora:
-            return super().save_pretrained(save_directory, *args, **kwargs)
-        import json
-
-        from safetensors.torch import save_file
-
-        os.makedirs(save_directory, exist_ok=True)
-        adapter_dir = os.path.join(save_directory, LORA_ADAPTER_DIR)
-        self.lm.save_pretrained(adapter_dir)
-        adapter_config = os.path.join(adapter_dir, "adapter_config.json")
-        with open(adapter_config, encoding="utf-8") as handle:
-            settings = json.load(handle)
-        settings["base_model_name_or_path"] = None
-        with open(adapter_config, "w", encoding="utf-8") as handle:
-            json.dump(settings, handle, indent=2)
-        self._frozen_base().save_pretrained(os.path.join(save_directory, LORA_BASE_DIR))
-        rest = {k: v.detach().contiguous() for k, v in self.state_dict().items() if not k.startswith("lm.")}
-        save_file(rest, os.path.join(save_directory, NON_BASE_WEIGHTS), metadata={"format": "pt"})
-        self.config.save_pretrained(save_directory)
-
-    def _frozen_base(self) -> PreTrainedModel:
-        """A copy of the base LM without its LoRA layers (the weights the adapters sit on)."""
-        wrapped = self.lm.get_base_model()
-        weights = {k.replace(".base_layer.", "."): v for k, v in wrapped.state_dict().items() if "lora_" not in k}
-        base = AutoModelForCausalLM.from_config(copy.deepcopy(wrapped.config))
-        base.load_state_dict(weights, strict=True)
-        return base
+    # ------------------------------------------------------------------ loading (LoRA folders included: lora_wrapper.py)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         path = str(pretrained_model_name_or_path)
         check_folder_model_type(cls, path, **kwargs)
-        if os.path.isfile(os.path.join(path, LORA_ADAPTER_DIR, "adapter_config.json")):
+        if is_lora_folder(path):
             return cls.from_lora_checkpoint(path)
         return load_checked(super().from_pretrained, cls, path, *args, **kwargs)
-
-    @classmethod
-    def from_lora_checkpoint(cls, path: str, base_model: str | None = None):
-        """Load a folder written by `save_pretrained` of a LoRA-wrapped model: base LM from
-        `base_model` (default: the adapter's recorded base), adapter, then the other weights."""
-        import json
-
-        from peft import PeftModel
-        from safetensors.torch import load_file
-
-        config = cls.config_class.from_pretrained(path)
-        adapter_dir = os.path.join(path, LORA_ADAPTER_DIR)
-        with open(os.path.join(adapter_dir, "adapter_config.json"), encoding="utf-8") as handle:
-            recorded = json.load(handle).get("base_model_name_or_path")
-        saved_base = os.path.join(path, LORA_BASE_DIR)  # the base saved with the folder (always, since it travels)
-        base = base_model or (saved_base if os.path.isfile(os.path.join(saved_base, "config.json")) else recorded)
-        if not base:
-            raise ValueError(f"{adapter_dir}: the adapter records no base model; pass base_model= (the LM it was trained on)")
-        model = cls(config)
-        model.lm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter_dir)
-        missing, unexpected = model.load_state_dict(load_file(os.path.join(path, NON_BASE_WEIGHTS)), strict=False)
-        stray = [k for k in missing if not k.startswith("lm.")]
-        if stray or unexpected:
-            raise ValueError(f"{path}: weights do not match the model (missing {stray[:3]}, unexpected {unexpected[:3]})")
-        return model
 
     @classmethod
     def from_base_model(cls, lm: PreTrainedModel, **config_kwargs):
