@@ -12,6 +12,13 @@ under --rerun_if_changed, publishing offline, finished runs whose weights were d
 checkpoint the run did not write, stale data, a LoRA coupled model loaded from elsewhere, a full
 disk (a file-size limit) mid-checkpoint and mid-dataset, and the smaller inputs of that issue.
 
+Round 3 ("nothing lost, round 3": every command all or nothing) adds, for each command that
+writes, a run that fails midway (an input found bad or missing only once loading starts, a full
+disk) and then the same command line again once the cause is fixed: the failure must leave what
+was there before (a finished run byte for byte, no folder where there was none; a training run
+cut by a full disk may keep its checkpoints, which its re-run resumes from) and the re-run must
+end with the complete result.
+
     python scripts/odd_input_sweep.py            # prints the table; tests/test_odd_input_sweep.py runs it
 """
 
@@ -242,6 +249,96 @@ def build_cases(work: Path) -> list[tuple[str, str, list[str], str]]:
     ]
 
 
+BAD_LINE = "1 2 * 3 4 3 0 4 0\n"  # no '||': found only when the data is read
+COCONUT_YAML = ("c_thought: 1\nepochs_per_stage: 1\nmax_latent_stage: 2\nnum_train_epochs: 1\nlatent_init_token: '+'\n"
+                "question_suffix: ''\nstep_suffix: ' +'\nanswer_prefix: '#### '\nmax_steps: 1\nper_device_train_batch_size: 2\n"
+                "eval_strategy: 'no'\nsave_strategy: 'no'\nuse_cpu: true\nreport_to: none\n")
+
+
+def rerun_cases(work: Path, data: Path, teacher: Path) -> list[dict]:
+    """Round 3: (what, entry, command, the folder it writes, the error's fragment, how the cause is
+    fixed, the command run again when it differs (the file-size limit lifted), whether the failure
+    must leave the folder exactly as it was, the file that shows the result complete)."""
+    import shutil
+
+    rr = work / "rerun"
+    rr.mkdir()
+    good = (LINE + "\n") * 8
+    for name in ("teacher_data.txt", "stepwise_data.txt", "test_file.txt"):
+        (rr / name).write_text(LINE + "\n" + BAD_LINE + good)
+    shutil.copytree(teacher, rr / "finished_teacher")
+    (rr / "coconut.yaml").write_text(COCONUT_YAML)
+    fix_file = lambda name: lambda: (rr / name).write_text(good)  # noqa: E731
+    fix_folder = lambda source, target: lambda: shutil.copytree(source, target)  # noqa: E731
+    train_full = train_on(data, rr / "teacher_full", "--save_strategy", "steps", "--save_steps", 1, "--max_steps", 2)
+    data_full = script("make_multiplication.py", "--digits", 3, "--train_size", 5000, "--output_dir", rr / "data_full")
+    marker = "training_complete.json"
+    return [
+        dict(what="fresh teacher over a finished run, a bad data line", entry="teacher.py",
+             command=train_on(rr / "teacher_data.txt", rr / "finished_teacher", "--overwrite_output_dir", "true"),
+             folder=rr / "finished_teacher", error="teacher_data.txt:2:", fix=fix_file("teacher_data.txt"), done=marker),
+        dict(what="ICoT-SI over nothing, a bad data line", entry="stepwise.py",
+             command=script("stepwise.py", "--dataset_name_or_path", rr / "stepwise_data.txt", "--teacher_name_or_path", teacher,
+                            "--output_dir", rr / "stepwise", "--keep_best_fully_removed", "false", *QUICK),
+             folder=rr / "stepwise", error="stepwise_data.txt:2:", fix=fix_file("stepwise_data.txt"), done=marker),
+        dict(what="mind-reading student, its teacher not there yet", entry="mind_reading.py",
+             command=script("mind_reading.py", "--dataset_name_or_path", data, "--teacher_name_or_path", rr / "late_teacher",
+                            "--output_dir", rr / "student", *QUICK),
+             folder=rr / "student", error="late_teacher", fix=fix_folder(teacher, rr / "late_teacher"), done=marker),
+        dict(what="coupling, its emulator not there yet", entry="couple.py",
+             command=script("couple.py", "--dataset_name_or_path", data, "--student_name_or_path", work / "student",
+                            "--emulator_name_or_path", rr / "late_emulator", "--output_dir", rr / "coupled", *QUICK),
+             folder=rr / "coupled", error="late_emulator", fix=fix_folder(work / "emulator", rr / "late_emulator"), done=marker),
+        dict(what="Coconut, its teacher not there yet", entry="coconut.py",
+             command=script("coconut.py", "--config", rr / "coconut.yaml", "--dataset_name_or_path", data,
+                            "--teacher_name_or_path", rr / "late_coconut_teacher", "--output_dir", rr / "coconut"),
+             folder=rr / "coconut", error="late_coconut_teacher", fix=fix_folder(teacher, rr / "late_coconut_teacher"), done=marker),
+        dict(what="conversion, a bad line in the test file", entry="convert_icot_text.py",
+             command=script("convert_icot_text.py", "--train", user_file(work, "bom.txt"), "--test", rr / "test_file.txt",
+                            "--output_dir", rr / "converted"),
+             folder=rr / "converted", error="test_file.txt:2:", fix=fix_file("test_file.txt"), done="icot_data_settings.json"),
+        dict(what="evaluation, a bad line in a --test_files file", entry="evaluate_models.py",
+             command=script("evaluate_models.py", "--teacher_model", teacher, "--test_files", rr / "test_file_eval.txt",
+                            "--max_examples", 4, "--max_examples_batch1", 2, "--batch_sizes", 2, "--output_dir", rr / "results"),
+             folder=rr / "results", error="test_file_eval.txt:2:", fix=fix_file("test_file_eval.txt"), done="results.json",
+             setup=lambda: (rr / "test_file_eval.txt").write_text(LINE + "\n" + BAD_LINE + good)),
+        dict(what="made data, a full disk mid-dataset", entry="make_multiplication.py", command=limited(30_000, data_full),
+             folder=rr / "data_full", error="the disk filled up", fix=lambda: None, again=data_full, done="icot_data_settings.json"),
+        dict(what="teacher, a full disk mid-checkpoint", entry="teacher.py", command=limited(30_000, train_full),
+             folder=rr / "teacher_full", error="the disk filled up", fix=lambda: None, again=train_full, unchanged=False, done=marker),
+    ]
+
+
+def user_file(work: Path, name: str) -> Path:
+    return work / "user" / name
+
+
+def fail_then_rerun(case: dict, attempt) -> tuple[bool, str]:
+    """Run a round-3 case: the failure, what it left, the fix, the re-run. (good, one-line outcome)."""
+    from icot_hf.run_record import LOCK_FILE
+
+    if case.get("setup"):
+        case["setup"]()
+    folder = case["folder"]
+
+    def state():
+        return {k: v for k, v in snapshot(folder).items() if not k.endswith(LOCK_FILE)} if folder.exists() else None
+
+    before = state()
+    first = attempt(case["command"])
+    failed = first.returncode != 0 and case["error"] in first.stderr and "Traceback" not in first.stderr
+    left = state()
+    kept = left == before if case.get("unchanged", True) else not (folder / case["done"]).exists()
+    case["fix"]()
+    second = attempt(case.get("again", case["command"]))
+    done = second.returncode == 0 and (folder / case["done"]).exists() and "Traceback" not in second.stderr
+    said = next((line for line in first.stderr.splitlines() if line.startswith("error:")), f"exit {first.returncode}")
+    left_words = ("as it was" if left == before else f"{len(left or {})} file(s), was {len(before or {})}") if case.get("unchanged", True) \
+        else ("no finished model" if kept else "a finished model?")
+    outcome = (f"{said[:70]} | left: {left_words} | re-run: " + ("complete" if done else f"FAILED ({(second.stderr.strip().splitlines() or ['?'])[-1][:80]})"))
+    return failed and kept and done, outcome
+
+
 def main() -> int:
     failures = 0
     with tempfile.TemporaryDirectory(prefix="odd_input_sweep_") as scratch:
@@ -273,6 +370,15 @@ def main() -> int:
                 outcome, good = f"raw traceback: {run.stderr.strip().splitlines()[-1]}", False
             failures += not good
             print(f"{what:55s} | {entry:30s} | {'' if good else 'UNEXPECTED: '}{outcome[:160]}")
+        print(f"\n{'fails midway, then the same command again':55s} | {'entry point':30s} | failure | what it left | re-run")
+        data, teacher = work / "data", work / "teacher"
+        reruns = rerun_cases(work, data, teacher)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            judged = list(pool.map(lambda case: fail_then_rerun(case, lambda command: subprocess.run(
+                command, capture_output=True, text=True, env=env, cwd=work, timeout=600)), reruns))
+        for case, (good, outcome) in zip(reruns, judged):
+            failures += not good
+            print(f"{case['what']:55s} | {case['entry']:30s} | {'' if good else 'UNEXPECTED: '}{outcome}")
         changed = sorted(k for k in set(before) | set(snapshot(work / "user")) if before.get(k) != snapshot(work / "user").get(k))
         print(f"user files changed: {json.dumps(changed) if changed else 'none'}")
         left = sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.name.endswith(".tmp") or ".staging-" in p.name)

@@ -190,10 +190,31 @@ def check_upstream_folders(script_args: ScriptArguments) -> None:
                              "causal LM (recipes/teacher.py's output_dir)")
 
 
+MODEL_SOURCES = ("teacher_name_or_path", "student_name_or_path", "emulator_name_or_path", "model_name_or_path", "tokenizer_name_or_path")
+
+
+def looks_local(source: str) -> bool:
+    """A path, not a Hub id: it exists, or it is absolute, relative to . or ~, or has more folders
+    than a Hub id's `namespace/name`."""
+    return os.path.exists(source) or source.startswith(("/", ".", "~")) or source.count("/") >= 2 or os.sep != "/" and os.sep in source
+
+
+def check_local_sources(script_args) -> None:
+    """Every model, tokenizer and data folder named by a path must be there before anything is
+    written (transformers would say only that the name is not a valid Hub id)."""
+    for name in (*MODEL_SOURCES, "dataset_name_or_path"):
+        source = getattr(script_args, name, None)
+        if source and looks_local(str(source)) and not os.path.exists(os.path.expanduser(str(source))):
+            raise ValueError(f"{name}: {source}: no such file or folder (a path; a Hub id is `name` or `namespace/name`). "
+                             "Nothing was written")
+
+
 def begin_run(script_args, training_args) -> bool:
-    """The recipes' first step: upstream folders checked (`check_upstream_folders`), then what the
-    launch does with its output_dir (`run_record.begin_run`: False when this run is already done)."""
+    """The recipes' first step: upstream folders' kinds (`check_upstream_folders`) and sources that
+    are paths (`check_local_sources`) checked, then what the launch does with its output_dir
+    (`run_record.begin_run`: False when this run is already done)."""
     check_upstream_folders(script_args)
+    check_local_sources(script_args)
     return begin_run_record(script_args, training_args)
 
 
