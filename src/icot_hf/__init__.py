@@ -12,6 +12,7 @@ from .kd import ImplicitCoTConfig, ImplicitCoTEmulator, ImplicitCoTEmulatorConfi
 from .stepwise import ImplicitCoTStepwiseConfig, ImplicitCoTStepwiseForCausalLM
 from .moved import install as _install_moved_module_paths
 from .tokenization import build_digit_tokenizer
+from .lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -48,12 +49,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module 'icot_hf' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [

@@ -5,6 +5,7 @@ the teacher states they learn from, and, loaded on first use, one trainer + conf
 
 from .configuration_icot import ImplicitCoTConfig, ImplicitCoTEmulatorConfig, ImplicitCoTStudentConfig
 from .modeling_icot import ImplicitCoTEmulator, ImplicitCoTForCausalLM, ImplicitCoTStudent
+from ..lazy import lazy_attributes
 
 _LAZY = {
     "MindReadingConfig": ".mind_reading_config", "MindReadingTrainer": ".mind_reading_trainer",
@@ -13,12 +14,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = ["ImplicitCoTConfig", "ImplicitCoTEmulatorConfig", "ImplicitCoTStudentConfig", "ImplicitCoTEmulator", "ImplicitCoTForCausalLM",

@@ -4,16 +4,12 @@ first use, the trainer that removes the chain of thought while it trains."""
 
 from .configuration_stepwise import ImplicitCoTStepwiseConfig
 from .modeling_stepwise import ImplicitCoTStepwiseForCausalLM
+from ..lazy import lazy_attributes
 
 _LAZY = {"StepwiseInternalizationConfig": ".stepwise_config", "StepwiseInternalizationTrainer": ".stepwise_trainer"}
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = ["ImplicitCoTStepwiseConfig", "ImplicitCoTStepwiseForCausalLM", *sorted(_LAZY)]

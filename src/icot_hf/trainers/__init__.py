@@ -5,6 +5,7 @@ also resolve here, as they did before the methods had folders."""
 
 from .teacher_config import TeacherConfig
 from .teacher_trainer import TeacherTrainer
+from ..lazy import lazy_attributes
 
 _ELSEWHERE = {
     "MindReadingConfig": "..kd", "MindReadingTrainer": "..kd", "ThoughtEmulationConfig": "..kd", "ThoughtEmulationTrainer": "..kd",
@@ -13,12 +14,7 @@ _ELSEWHERE = {
 }
 
 
-def __getattr__(name: str):
-    if name in _ELSEWHERE:
-        import importlib
-
-        return getattr(importlib.import_module(_ELSEWHERE[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _ELSEWHERE)
 
 
 __all__ = ["TeacherConfig", "TeacherTrainer", *sorted(_ELSEWHERE)]
