@@ -369,3 +369,23 @@ def test_a_lora_run_trains_adapters_and_the_new_token_rows_and_its_folder_loads_
         single = loaded.generate(**alone, max_new_tokens=12, do_sample=False)[0, alone["input_ids"].shape[1]:].tolist()
         assert out[i, width:].tolist()[:len(single)] == single, f"row {i}"
     assert set(new_rows) == set(model.lm.peft_config["default"].trainable_token_indices)
+
+
+def test_the_evaluation_loss_is_measured_at_the_stage_being_trained(tmp_path):
+    """Each epoch's evaluation reads the evaluation examples at that epoch's stage: the logged loss
+    equals the final model's own loss on them at the final stage. (The curriculum's epoch setter was
+    once called `set_epoch`, which the Trainer's evaluation loader also calls, with 0: every
+    evaluation then measured stage 0.)"""
+    from icot_hf import CoconutTrainer
+
+    tokenizer = digit_tokenizer()
+    trainer = CoconutTrainer(model=tiny_llama(tokenizer), args=digit_args(tmp_path, eval_strategy="epoch", per_device_eval_batch_size=8),
+                             train_dataset=raw_dataset(), eval_dataset=raw_dataset(8), processing_class=tokenizer)
+    trainer.train()
+    logged = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
+    assert len(logged) == 3 and trainer.train_dataset.stage == 2 and trainer.eval_dataset.stage == 2
+    model = trainer.model.eval()
+    with torch.no_grad():
+        batch = trainer.data_collator([trainer.eval_dataset[i] for i in range(len(trainer.eval_dataset))])
+        at_stage = model(**{k: v.to(model.device) for k, v in batch.items()}).loss.item()
+    assert abs(logged[-1] - at_stage) < 1e-4, (logged, at_stage)

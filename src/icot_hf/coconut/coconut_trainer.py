@@ -1,7 +1,7 @@
 """`CoconutTrainer`: Coconut's curriculum on a `transformers.Trainer`.
 
 What the released run.py does between steps, and where it lives here:
-- the dataset is rebuilt at every epoch for that epoch's stage: `CurriculumDataset.set_epoch`,
+- the dataset is rebuilt at every epoch for that epoch's stage: `CurriculumDataset.set_curriculum_epoch`,
   called by `CurriculumCallback.on_epoch_begin` before the epoch's first batch is read (so the
   dataloader must read items in the main process: `dataloader_num_workers=0`);
 - the optimizer is re-created at every epoch (`reset_optimizer: True`): the callback clears the
@@ -39,7 +39,7 @@ class CurriculumCallback(TrainerCallback):
         epoch = math.floor(state.epoch + 1e-6) if state.epoch else 0
         dataset = trainer.train_dataset
         previous_stage = dataset.stage_of(epoch - 1) if epoch > 0 else None
-        dataset.set_epoch(epoch)
+        dataset.set_curriculum_epoch(epoch)
         trainer.accelerator.unwrap_model(trainer.model).config.num_latent_thoughts = trainer.prompt_latents(dataset.stage)
         steps_per_epoch = state.max_steps / args.num_train_epochs if args.max_steps <= 0 else None
         at_epoch_start = steps_per_epoch is None or state.global_step == round(epoch * steps_per_epoch)
@@ -169,7 +169,7 @@ class CoconutTrainer(LibraryTrainerMixin, Trainer):
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         if self.eval_dataset is not None and self.train_dataset is not None:
-            self.eval_dataset.set_epoch(self.train_dataset.epoch)
+            self.eval_dataset.set_curriculum_epoch(self.train_dataset.epoch)
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):

@@ -84,7 +84,7 @@ def question_prompt(example: dict, stage: int, settings: CurriculumSettings, ids
 
 
 class CurriculumDataset(torch.utils.data.Dataset):
-    """The tokenised examples at the curriculum's current stage: `set_epoch` picks the stage (and,
+    """The tokenised examples at the curriculum's current stage: `set_curriculum_epoch` picks the stage (and,
     with `uniform_prob`, each example's random stage, drawn from (seed, epoch) so every process and
     a resumed run draw the same)."""
 
@@ -93,12 +93,14 @@ class CurriculumDataset(torch.utils.data.Dataset):
         self.examples, self.settings, self.ids = examples, settings, ids
         self.epochs_per_stage, self.start_epoch, self.seed = epochs_per_stage, start_epoch, seed
         self.n_steps = np.array([len(steps) for steps in examples["step_ids"]])
-        self.set_epoch(0)
+        self.set_curriculum_epoch(0)
 
     def stage_of(self, epoch: int) -> int:
         return (self.start_epoch + epoch) // self.epochs_per_stage
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_curriculum_epoch(self, epoch: int) -> None:
+        # Not `set_epoch`: the Trainer's data loaders call a dataset's `set_epoch` themselves (the evaluation loader
+        # with 0), which moved the evaluation examples back to stage 0 before every evaluation.
         self.epoch, self.stage = epoch, self.stage_of(epoch)
         self.stages = np.full(len(self.n_steps), self.stage)
         if self.settings.uniform_prob > 0:
