@@ -294,7 +294,7 @@ def rerun_cases(work: Path, data: Path, teacher: Path) -> list[dict]:
                             "--teacher_name_or_path", rr / "late_coconut_teacher", "--output_dir", rr / "coconut"),
              folder=rr / "coconut", error="late_coconut_teacher", fix=fix_folder(teacher, rr / "late_coconut_teacher"), done=marker),
         dict(what="conversion, a bad line in the test file", entry="convert_icot_text.py",
-             command=script("convert_icot_text.py", "--train", user_file(work, "bom.txt"), "--test", rr / "test_file.txt",
+             command=script("convert_icot_text.py", "--train", work / "user" / "bom.txt", "--test", rr / "test_file.txt",
                             "--output_dir", rr / "converted"),
              folder=rr / "converted", error="test_file.txt:2:", fix=fix_file("test_file.txt"), done="icot_data_settings.json"),
         dict(what="evaluation, a bad line in a --test_files file", entry="evaluate_models.py",
@@ -307,10 +307,6 @@ def rerun_cases(work: Path, data: Path, teacher: Path) -> list[dict]:
         dict(what="teacher, a full disk mid-checkpoint", entry="teacher.py", command=limited(30_000, train_full),
              folder=rr / "teacher_full", error="the disk filled up", fix=lambda: None, again=train_full, unchanged=False, done=marker),
     ]
-
-
-def user_file(work: Path, name: str) -> Path:
-    return work / "user" / name
 
 
 def fail_then_rerun(case: dict, attempt) -> tuple[bool, str]:

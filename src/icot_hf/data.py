@@ -13,6 +13,7 @@ has to search for `S` (which may equal the pad token).
 
 from __future__ import annotations
 
+import bisect
 import codecs
 import difflib
 import hashlib
@@ -316,10 +317,14 @@ def load_icot_dataset(name_or_path: str, split: str | None = None) -> DatasetDic
 # ----------------------------------------------------------------------------- token views
 
 
-def _encode(tokenizer, texts: Sequence[str], separator_id: int | None = None, column: str = "text") -> list[list[int]]:
+def _encode(tokenizer, texts: Sequence[str], separator_id: int | None = None, column: str = "text", offsets: list | None = None) -> list[list[int]]:
     # A leading space makes BPE tokenizers (GPT-2 style) see each part as it appears
-    # mid-sentence, as in the paper's code; word-level tokenizers ignore it.
-    ids = tokenizer([" " + t for t in texts], add_special_tokens=False)["input_ids"]
+    # mid-sentence, as in the paper's code; word-level tokenizers ignore it. Given a list as
+    # `offsets`, it receives each text's character offsets (of " " + text) from the same call.
+    encoded = tokenizer([" " + t for t in texts], add_special_tokens=False, return_offsets_mapping=offsets is not None)
+    ids = encoded["input_ids"]
+    if offsets is not None:
+        offsets.extend(encoded["offset_mapping"])
     if separator_id is not None:  # the separator's text typed inside a part would read as a separator
         for text, row in zip(texts, ids):
             if separator_id in row:
@@ -373,8 +378,7 @@ def step_token_ends(offsets: Sequence[tuple[int, int]], span: range, boundaries:
     token belongs to the step its last character lies in."""
     counts = [0] * (len(boundaries) + 1)
     for token in span:
-        last = offsets[token][1] - 1
-        counts[sum(1 for b in boundaries if b <= last)] += 1
+        counts[bisect.bisect_right(boundaries, offsets[token][1] - 1)] += 1
     return list(np.cumsum(counts).tolist())
 
 
@@ -464,13 +468,14 @@ def build_views(
         return out
     inputs = _encode(tokenizer, examples["input"], separator_id, "input")
     answers = _encode(tokenizer, examples["answer"], separator_id, "answer")
-    cots = _encode(tokenizer, examples["cot"], separator_id, "cot") if "explicit" in views else None
-    out: dict[str, list] = {}
-    if step_ends:  # the CoT as _encode tokenises it (" " + cot), with offsets
+    if step_ends:
         _needs_offsets(tokenizer)
-        encoded = tokenizer([" " + cot for cot in examples["cot"]], add_special_tokens=False, return_offsets_mapping=True)
+    cot_offsets = [] if step_ends else None  # the CoT's character offsets, from the one tokenisation of it
+    cots = _encode(tokenizer, examples["cot"], separator_id, "cot", offsets=cot_offsets) if "explicit" in views else None
+    out: dict[str, list] = {}
+    if step_ends:  # offsets are of " " + cot: each step start moves by one
         out["explicit_step_ends"] = [step_token_ends(offsets, range(len(offsets)), [1 + b for b in step_starts(cot)])
-                                     for cot, offsets in zip(examples["cot"], encoded["offset_mapping"])]
+                                     for cot, offsets in zip(examples["cot"], cot_offsets)]
     for view in views:
         ids_col, labels_col, seps_col = [], [], []
         for i, (question, answer) in enumerate(zip(inputs, answers)):

@@ -195,6 +195,7 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
         self._stage = None  # the stage of the last training step
         self._gate_batches = None
         self._cot_lengths = None
+        self._cot_steps = None
         self._previous_batch_cot_gone = None  # set by each training batch (compute_loss)
 
     # ------------------------------------------------------------------ the schedule
@@ -227,7 +228,7 @@ class StepwiseInternalizationTrainer(ICoTTrainer):
 
     def cot_steps(self) -> list[list[int]]:
         """Each training example's `explicit_step_ends` (read once; removal by whole steps)."""
-        if getattr(self, "_cot_steps", None) is None:
+        if self._cot_steps is None:
             if "explicit_step_ends" not in self.train_dataset.column_names:
                 raise ValueError("removal_granularity: steps reads each example's explicit_step_ends: pass raw data (input/cot/answer), "
                                  "or tokenise with icot_hf.data.tokenize_dataset(..., step_ends=True)")
