@@ -4,6 +4,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+def _private_torch_extensions() -> None:
+    """DeepSpeed JIT-builds its CPU ops (shm comm, CPU Adam) into TORCH_EXTENSIONS_DIR, by default
+    ~/.cache/torch_extensions: one folder for every venv on the machine (each venv's different include
+    paths force a rebuild there), guarded by a `lock` file that a build killed midway leaves behind.
+    Every later build then waits on that lock forever: CI hung on all four DeepSpeed launches, each
+    until its subprocess timeout, behind a lock left by a killed run of the suite. The tests build into
+    their venv's own folder instead, and a lock there older than any build (~2 min) is a dead one."""
+    import sys
+    import time
+    from pathlib import Path
+
+    folder = Path(os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions")))
+    for lock in folder.glob("*/lock"):
+        if time.time() - lock.stat().st_mtime > 20 * 60:
+            lock.unlink(missing_ok=True)
+
+
+_private_torch_extensions()
+
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402

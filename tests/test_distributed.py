@@ -31,7 +31,7 @@ def assets(tmp_path_factory, tokenizer):
 def launch(config_file, recipe, args, env_extra=None, extra_launch=()):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", **(env_extra or {}))
     command = [ACCELERATE, "launch", "--config_file", str(config_file), *extra_launch, str(REPO / "recipes" / recipe), *args]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result.stdout + result.stderr
 

@@ -142,7 +142,7 @@ def launch_teacher(root, config, extra=(), batch=8, recipe_extra=()):
                "--dataset_name_or_path", str(root / "data"), "--output_dir", str(out), "--max_steps", "4", "--per_device_train_batch_size", str(batch),
                "--model_config", "{model_type: gpt2, n_layer: 1, n_embd: 16, n_head: 2, n_positions: 64}", "--eval_strategy", "no", "--save_strategy", "no",
                *recipe_extra]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     return json.loads((out / "training_complete.json").read_text())["train_loss"]
 
