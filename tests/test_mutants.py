@@ -19,7 +19,8 @@ def test_every_entry_applies_to_the_code_once():
     assert len(entries) >= 25
     files = {e["file"] for e in entries}
     for method in ("src/icot_hf/kd/teacher_states.py", "src/icot_hf/kd/modeling_icot.py", "src/icot_hf/stepwise/stepwise_trainer.py",
-                   "src/icot_hf/coconut/modeling_coconut.py", "src/icot_hf/coconut/data.py"):
+                   "src/icot_hf/coconut/modeling_coconut.py", "src/icot_hf/coconut/data.py", "src/icot_hf/codi/modeling_codi.py",
+                   "src/icot_hf/codi/data.py"):
         assert method in files, f"no planted mistake in {method}"
 
 

@@ -1,6 +1,6 @@
 """icot_hf: implicit chain-of-thought reasoning on the Hugging Face stack.
 
-One subpackage per method (`kd`: ICoT-KD, `stepwise`: ICoT-SI, `coconut`: Coconut), each with
+One subpackage per method (`kd`: ICoT-KD, `stepwise`: ICoT-SI, `coconut`: Coconut, `codi`: CODI), each with
 its configuration, modeling, trainer and training config side by side; what every method shares
 (data, generation, evaluation, run records, hub, CLI) sits here at the top. Every public name of
 every method is importable from `icot_hf` itself."""
@@ -8,6 +8,7 @@ every method is importable from `icot_hf` itself."""
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .coconut import CoconutModelConfig, CoconutForCausalLM
+from .codi import CODIModelConfig, CODIForCausalLM
 from .kd import ImplicitCoTConfig, ImplicitCoTEmulator, ImplicitCoTEmulatorConfig, ImplicitCoTForCausalLM, ImplicitCoTStudent, ImplicitCoTStudentConfig
 from .stepwise import ImplicitCoTStepwiseConfig, ImplicitCoTStepwiseForCausalLM
 from .moved import install as _install_moved_module_paths
@@ -24,6 +25,7 @@ def _register_auto_classes() -> None:
         (ImplicitCoTConfig, ImplicitCoTForCausalLM, AutoModelForCausalLM, "AutoModelForCausalLM"),
         (ImplicitCoTStepwiseConfig, ImplicitCoTStepwiseForCausalLM, AutoModelForCausalLM, "AutoModelForCausalLM"),
         (CoconutModelConfig, CoconutForCausalLM, AutoModelForCausalLM, "AutoModelForCausalLM"),
+        (CODIModelConfig, CODIForCausalLM, AutoModelForCausalLM, "AutoModelForCausalLM"),
     ]
     for config_class, model_class, auto_model, auto_name in pairs:
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
@@ -45,6 +47,8 @@ _LAZY = {
     **{name: ".stepwise" for name in ("StepwiseInternalizationConfig", "StepwiseInternalizationTrainer")},
     **{name: ".coconut.coconut_trainer" for name in ("CoconutTrainer",)},
     **{name: ".coconut.coconut_config" for name in ("CoconutConfig",)},
+    **{name: ".codi.codi_trainer" for name in ("CODITrainer",)},
+    **{name: ".codi.codi_config" for name in ("CODIConfig",)},
     **{name: ".data" for name in ("ICoTCollator", "load_icot_dataset", "tokenize_dataset", "read_icot_text")},
 }
 
@@ -56,6 +60,8 @@ __all__ = [
     *sorted(_LAZY),
     "CoconutModelConfig",
     "CoconutForCausalLM",
+    "CODIModelConfig",
+    "CODIForCausalLM",
     "ImplicitCoTConfig",
     "ImplicitCoTEmulatorConfig",
     "ImplicitCoTStepwiseConfig",

@@ -152,6 +152,27 @@ class LibraryTrainerMixin:
             return [name for name, _ in model.named_parameters()]
         return super().get_decay_parameter_names(model)
 
+    @property
+    def stage_metrics(self) -> dict[str, defaultdict]:
+        if "_stage_metrics" not in self.__dict__:
+            self._stage_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        return self._stage_metrics
+
+    def record(self, **metrics: torch.Tensor | float) -> None:
+        """Values to average into the next log line (a loss's parts, accuracies), per mode."""
+        mode = "train" if self.model.training else "eval"
+        for name, value in metrics.items():
+            self.stage_metrics[mode][name].append(float(value.detach().float().mean()) if torch.is_tensor(value) else float(value))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        for name, values in self.stage_metrics[mode].items():
+            if values:
+                logs[prefix + name] = sum(values) / len(values)
+        self.stage_metrics[mode].clear()
+        super().log(logs, start_time)
+
     card_stage = "teacher"  # the model card's stage (icot_hf.hub.STAGES)
 
     def model_card(self, task: str | None = None, dataset: str | None = None) -> str:
@@ -234,7 +255,6 @@ class ICoTTrainer(LibraryTrainerMixin, Trainer):
         elif getattr(training_args, "use_peft", False) and model is not None:
             kwargs["model"] = apply_lora(model, training_args.lora_config())
         super().__init__(**kwargs)
-        self._stage_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         if getattr(self.args, "disable_dropout", False):
             disable_dropout(self.model)
 
@@ -270,20 +290,6 @@ class ICoTTrainer(LibraryTrainerMixin, Trainer):
         if getattr(self, "_keep_logits", False):  # for prediction_step: what compute_metrics scores
             self._kept = (outputs.logits, labels)
         return outputs.loss, outputs
-
-    def record(self, **metrics: torch.Tensor | float) -> None:
-        mode = "train" if self.model.training else "eval"
-        for name, value in metrics.items():
-            self._stage_metrics[mode][name].append(float(value.detach().float().mean()) if torch.is_tensor(value) else float(value))
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
-        prefix = "eval_" if mode == "eval" else ""
-        for name, values in self._stage_metrics[mode].items():
-            if values:
-                logs[prefix + name] = sum(values) / len(values)
-        self._stage_metrics[mode].clear()
-        super().log(logs, start_time)
 
     # ---------------------------------------------------------------- exact match on eval
 

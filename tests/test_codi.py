@@ -1,0 +1,201 @@
+"""CODI as a library: a plain LM becomes a CODI model with the released token ids, a TRL-style run from
+raw multiplication data on a tiny Llama (LoRA or full), the saved folder through AutoModelForCausalLM
+(and trust_remote_code), batched answers equal to one-at-a-time answers, the padding options, dropout's
+second teacher pass, and bad input refused with a line that says why."""
+
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+
+from conftest import REPO
+
+LINES = ["1 3 4 5 * 8 1 9 3||8 0 7 6 + 0 4 4 2 0 ( 8 4 1 9 0 ) + 0 0 9 5 1 1 ( 8 4 0 5 2 1 ) + 0 0 0 3 0 2 4 ( 8 4 0 8 2 3 4 ) #### 8 4 0 8 2 3 4",
+         "2 4 * 5 1||0 2 + 0 4 2 1 ( 0 6 2 1 ) #### 0 6 2 1",
+         "3 2 1 * 4||2 8 4 #### 2 8 4"]
+QUESTIONS = ["1 3 4 5 * 8 1 9 3", "2 4 * 5 1", "3 2 1 * 4", "9 * 9", "5 5 5 5 * 1 1 1 1"]
+
+
+def raw_dataset(n=24):
+    rows = []
+    for i in range(n):
+        question, rest = LINES[i % len(LINES)].split("||")
+        cot, answer = rest.split(" #### ")
+        rows.append({"input": question, "cot": cot, "answer": answer})
+    return Dataset.from_list(rows)
+
+
+def digit_tokenizer():
+    from icot_hf.tokenization import build_digit_tokenizer
+
+    return build_digit_tokenizer()
+
+
+def tiny_llama(tokenizer, dropout=0.0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, attention_dropout=dropout,
+                                        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+                                        pad_token_id=tokenizer.pad_token_id))
+
+
+def tiny_gpt2(tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_layer=2, n_embd=32, n_head=2, n_positions=256, resid_pdrop=0.0,
+                                      embd_pdrop=0.0, attn_pdrop=0.0, eos_token_id=tokenizer.eos_token_id,
+                                      bos_token_id=tokenizer.eos_token_id))
+
+
+def digit_args(tmp_path, **overrides):
+    from icot_hf import CODIConfig
+
+    settings = dict(output_dir=str(tmp_path / "codi"), num_latent=2, prj_dim=32, answer_prefix="#### ", num_train_epochs=2,
+                    per_device_train_batch_size=8, learning_rate=3e-3, eval_exact_match_samples=6, max_new_tokens=12, eval_strategy="epoch",
+                    save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True)
+    return CODIConfig(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="module", params=["full", "lora"])
+def trained(request, tmp_path_factory):
+    from icot_hf import CODITrainer
+
+    tmp_path = tmp_path_factory.mktemp(f"codi_{request.param}")
+    tokenizer = digit_tokenizer()
+    extra = dict(use_peft=True, lora_r=4, lora_alpha=8, lora_target_modules="q_proj,v_proj") if request.param == "lora" else {}
+    trainer = CODITrainer(model=tiny_llama(tokenizer), args=digit_args(tmp_path, **extra), train_dataset=raw_dataset(),
+                          eval_dataset=raw_dataset(6), processing_class=tokenizer)
+    trainer.train()
+    folder = tmp_path / "saved"
+    trainer.save_model(folder)
+    tokenizer.save_pretrained(folder)
+    return trainer, folder, request.param
+
+
+def test_a_plain_gpt2_gets_the_released_token_ids():
+    """GPT-2's tokenizer has no pad: `[PAD]` becomes vocab_size, `<|bot|>` + 1, `<|eot|>` + 2, as the released
+    code numbers them (here the fixture's 257-token byte-level GPT-2 tokenizer)."""
+    from transformers import AutoTokenizer
+
+    from icot_hf import CODIForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(REPO / "tests" / "fixtures" / "reference_codi" / "tokenizer")
+    model = CODIForCausalLM.from_base(tiny_gpt2(tokenizer), tokenizer, num_latent=3)
+    assert (tokenizer.pad_token_id, model.config.bot_id, model.config.eot_id) == (257, 258, 259)
+    assert model.get_input_embeddings().weight.shape[0] == 260
+    assert [type(m).__name__ for m in model.prj] == ["Dropout", "Linear", "GELU", "Linear", "LayerNorm"]
+
+
+def test_training_logs_the_loss_parts_and_exact_match(trained):
+    trainer, _, _ = trained
+    logged = [entry for entry in trainer.state.log_history if "ce_loss" in entry]
+    assert logged and all(k in logged[0] for k in ("distill_loss", "ref_ce_loss"))
+    evaluations = [entry for entry in trainer.state.log_history if "eval_exact_match" in entry]
+    assert len(evaluations) == 2 and all(0.0 <= e["eval_exact_match"] <= 1.0 for e in evaluations)
+    assert trainer.train_dataset.num_rows == 24
+
+
+def test_the_saved_folder_loads_with_automodel_and_answers_in_batches(trained):
+    """The folder (full, or LoRA with its base) loads through AutoModelForCausalLM; a left-padded batch gives
+    every question the tokens it gets alone; the bundled code (trust_remote_code) answers the same."""
+    import icot_hf  # noqa: F401  (registers the Auto classes)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    trainer, folder, kind = trained
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "codi"
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert type(model).__name__ == "CODIForCausalLM" and model.config.num_latent == 2
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model.check_tokenizer(tokenizer)
+    batch = model.prompt_ids(tokenizer, QUESTIONS)
+    out = model.generate(**batch, max_new_tokens=10, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    width = batch["input_ids"].shape[1]
+    for i, question in enumerate(QUESTIONS):
+        alone = model.prompt_ids(tokenizer, [question])
+        single = model.generate(**alone, max_new_tokens=10, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        single = single[0, alone["input_ids"].shape[1]:].tolist()
+        assert out[i, width:].tolist()[:len(single)] == single, f"row {i}"
+    trained_model = trainer.accelerator.unwrap_model(trainer.model).eval()
+    assert model.answer(QUESTIONS, tokenizer, max_new_tokens=10) == trained_model.answer(QUESTIONS, tokenizer, max_new_tokens=10)
+    if kind == "full":
+        remote = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
+        assert torch.equal(remote.generate(**batch, max_new_tokens=10, do_sample=False, pad_token_id=tokenizer.pad_token_id), out)
+
+
+def test_lora_trains_the_adapters_and_the_projection_only(trained):
+    trainer, _, kind = trained
+    if kind != "lora":
+        pytest.skip("the LoRA run")
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name or name.startswith("prj.") for name in trainable)
+    assert any(name.startswith("prj.") for name in trainable)
+
+
+def codi_batch(tokenizer, model, rows):
+    from icot_hf.codi.data import CODICollator, CODIDataSettings, encode_example
+
+    settings = CODIDataSettings(answer_prefix="#### ")
+    return CODICollator(tokenizer.pad_token_id)([encode_example(r, tokenizer, model.config.bot_id, model.config.eot_id, settings) for r in rows])
+
+
+@pytest.mark.parametrize("mask_padding", [True, False])
+def test_mask_padding_trains_a_padded_row_as_it_would_alone(mask_padding):
+    """With mask_padding the student's logits for a short question in a batch with a long one equal its
+    logits alone; as released (mask_padding off), its thoughts attend to its padding and they differ."""
+    from icot_hf import CODIForCausalLM
+    from icot_hf.codi import CODILoss
+
+    tokenizer = digit_tokenizer()
+    model = CODIForCausalLM.from_base(tiny_gpt2(tokenizer), tokenizer, num_latent=2, prj_dim=32, answer_prefix="#### ").eval()
+    rows = list(raw_dataset(3))
+    long_and_short, short = codi_batch(tokenizer, model, [rows[0], rows[1]]), codi_batch(tokenizer, model, [rows[1]])
+    settings = CODILoss(mask_padding=mask_padding)
+    with torch.no_grad():
+        together = model(**long_and_short, loss_settings=settings).logits[1]
+        alone = model(**short, loss_settings=settings).logits[0]
+    length = short["decoder_input_ids"].shape[1]
+    assert torch.allclose(together[:length], alone, atol=1e-5) == mask_padding
+
+
+def test_with_dropout_the_teacher_runs_twice_as_released():
+    """Dropout on: a no-grad teacher pass for the targets and one with gradients for its loss (different
+    masks, as released); dropout off: one pass whose detached states are the targets."""
+    from icot_hf import CODIForCausalLM
+
+    tokenizer = digit_tokenizer()
+    calls = {}
+    for dropout in (0.0, 0.1):
+        model = CODIForCausalLM.from_base(tiny_llama(tokenizer, dropout=dropout), tokenizer, num_latent=2, prj_dim=32,
+                                          answer_prefix="#### ").train()
+        count = [0]
+        model.lm.register_forward_pre_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+        model(**codi_batch(tokenizer, model, list(raw_dataset(2))))
+        calls[dropout] = count[0]
+    assert calls == {0.0: 1 + 2 + 1 + 1, 0.1: 2 + 1 + 2 + 1}  # teacher(s), question, 2 thoughts, answer
+
+
+def test_bad_input_is_refused_with_the_reason(tmp_path):
+    from icot_hf import CODIConfig, CODITrainer
+
+    tokenizer = digit_tokenizer()
+    with pytest.raises(ValueError, match="needs columns input/cot/answer"):
+        CODITrainer(model=tiny_llama(tokenizer), args=digit_args(tmp_path), processing_class=tokenizer,
+                    train_dataset=Dataset.from_list([{"input": "1 * 2", "answer": "2"}]))
+    negative = Dataset.from_list([{"input": "1 * 2", "cot": "2", "answer": "-2"}])
+    with pytest.raises(ValueError, match="none of its 1 examples is kept"):
+        CODITrainer(model=tiny_llama(tokenizer), args=digit_args(tmp_path), processing_class=tokenizer, train_dataset=negative)
+    with pytest.raises(ValueError, match="num_latent must be >= 1"):
+        CODIConfig(output_dir=str(tmp_path), num_latent=0, use_cpu=True)
+    with pytest.raises(ValueError, match="answer_prefix 'The answer is: ' is not text this tokenizer can write"):
+        CODITrainer(model=tiny_llama(tokenizer), args=digit_args(tmp_path, answer_prefix="The answer is: ", eval_strategy="no"), processing_class=tokenizer,
+                    train_dataset=raw_dataset(2))
+    coconut_folder = tmp_path / "coconut"
+    coconut_folder.mkdir()
+    (coconut_folder / "config.json").write_text(json.dumps({"model_type": "coconut"}))
+    with pytest.raises(ValueError, match="another icot_hf method"):
+        CODITrainer(model=str(coconut_folder), args=digit_args(tmp_path), processing_class=tokenizer, train_dataset=raw_dataset(2))

@@ -1,0 +1,205 @@
+"""CODI against its released code (github.com/zhenyi4/codi), step by step.
+
+tests/fixtures/reference_codi/ holds what the released train.py did on a tiny GPT-2 with LoRA and the
+projection (make_fixture.py says how it was run and patched): 16 optimizer steps (4 epochs of 7
+micro-batches of 8, 2 accumulated per step) over 49 GSM8k-Aug problems, the GPT-2 preset's settings.
+Here `CODITrainer` runs from the same initial state on the same batches and must give the same
+tokenised data, the same loss and loss parts at every micro-batch, the same gradient norm at every
+step and the same weights after step 6 and at the end.
+
+Tolerances and their margins (float32 CPU, measured on this fixture; relative differences):
+- loss and its three parts per micro-batch: noise 2.1e-7 (the distill part), tolerance 2e-6 (9.5x);
+  the smallest planted mistake that moves them moves the distill part by 4.9e-4 (the thought fed from
+  the layer below: 245x the tolerance);
+- gradient norm per step: noise 3.9e-7, tolerance 2e-6 (5x); smallest mistake 2.4e-5 (weight decay on
+  the projection's norm and biases: 12x);
+- weights after step 6 and at the end, ||ours - theirs|| / ||theirs - initial|| per tensor: noise 1.8e-6,
+  tolerance 2e-5 (11x); smallest mistake 7.0e-2 (the std of the student's states: 3,500x).
+The planted mistakes are tests/mutants.yaml's codi-* entries (`make mutants`): the padded question
+rows' mask, the std's source and power, the layers averaged, the fed-back state's projection and layer,
+the last short accumulation, the distillation position, weight decay's groups; two are harmless by
+measurement (masking the teacher's right padding; fused AdamW).
+
+The released stack's two quirks reproduced here (CODILoss(mask_padding=False), the default):
+its padded question positions, fully masked, attend evenly to the whole question (transformers 4.52's
+additive mask), and the thoughts and the answer attend to them; an epoch's last, shorter accumulation
+is divided by the full accumulation count.
+"""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO
+
+FIXTURE = REPO / "tests" / "fixtures" / "reference_codi"
+LOSS_RTOL, NORM_RTOL, WEIGHT_RTOL = 2e-6, 2e-6, 2e-5
+SETTINGS = json.loads((FIXTURE / "trajectory.json").read_text())["settings"] if (FIXTURE / "trajectory.json").exists() else {}
+
+
+def fixture_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(FIXTURE / "tokenizer")
+
+
+def released_args(tmp_path, **overrides):
+    from icot_hf import CODIConfig
+
+    values = dict(output_dir=str(tmp_path / "codi"), per_device_train_batch_size=8, gradient_accumulation_steps=2, num_train_epochs=4,
+                  learning_rate=3e-3, max_grad_norm=2.0, weight_decay=0.1, warmup_steps=0.03, lr_scheduler_type="cosine", seed=11,
+                  num_latent=3, use_prj=True, prj_dim=64, prj_dropout=0.0, distill_loss_div_std=True, remove_eos=True,
+                  logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, cpu_bf16="false", disable_dropout=False,
+                  dataloader_num_workers=0)
+    values.update(overrides)
+    return CODIConfig(**values)
+
+
+def build_reference_model(tokenizer):
+    """The released CODI module's layout, then its recorded initial state (resized embeddings, LoRA's A, the projection)."""
+    from peft import LoraConfig
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from icot_hf import CODIForCausalLM
+
+    config = GPT2Config(**{k: v for k, v in json.loads((FIXTURE / "model_config.json").read_text()).items()
+                           if k not in ("architectures", "transformers_version", "torch_dtype")})
+    model = CODIForCausalLM.from_base(GPT2LMHeadModel(config), tokenizer, num_latent=3, use_prj=True, prj_dim=64, remove_eos=True)
+    model.add_lora(LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0, target_modules=["c_attn", "c_proj", "c_fc"], task_type="CAUSAL_LM"))
+    state = {reference_key(k): v for k, v in load_file(FIXTURE / "initial.safetensors").items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {"lm.base_model.model.lm_head.weight"}, (missing, unexpected)  # lm_head is tied to wte
+    return model
+
+
+def reference_key(key: str) -> str:
+    return "lm." + key[len("codi."):] if key.startswith("codi.") else key
+
+
+class ReplaySampler(torch.utils.data.Sampler):
+    """The example order the released run read, epoch by epoch."""
+
+    def __init__(self, order, epochs):
+        self.orders = [order[i * len(order) // epochs:(i + 1) * len(order) // epochs] for i in range(epochs)]
+        self.calls = 0
+
+    def __iter__(self):
+        order = self.orders[min(self.calls, len(self.orders) - 1)]
+        self.calls += 1
+        return iter(order)
+
+    def __len__(self):
+        return len(self.orders[0])
+
+
+def run_library(tmp_path, model_hook=None, **overrides):
+    """CODITrainer on the fixture's data in the released order; what it recorded."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+    from icot_hf import CODITrainer
+
+    tokenizer = fixture_tokenizer()
+    model = build_reference_model(tokenizer)
+    if model_hook is not None:
+        model_hook(model)
+    rows = json.loads((FIXTURE / "data.json").read_text())["rows"]
+    recorded = json.loads((FIXTURE / "trajectory.json").read_text())
+    trainer = CODITrainer(model=model, args=released_args(tmp_path, **overrides), train_dataset=Dataset.from_list(rows),
+                          processing_class=tokenizer)
+    ours = {"loss": [], "ce_loss": [], "distill_loss": [], "ref_ce_loss": [], "grad_norm": [], "weights": {}}
+    epochs = int(trainer.args.num_train_epochs)
+    trainer._get_train_sampler = lambda *a, **k: ReplaySampler(recorded["idx"], epochs)
+    compute = trainer.compute_loss
+
+    def recording_loss(model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = compute(model, inputs, return_outputs=True)
+        ours["loss"].append(loss.item())
+        for part in ("ce_loss", "distill_loss", "ref_ce_loss"):
+            ours[part].append(float(getattr(outputs, part)))
+        return (loss, outputs) if return_outputs else loss
+
+    trainer.compute_loss = recording_loss
+    clip = trainer.accelerator.clip_grad_norm_
+
+    def recording_clip(parameters, max_norm, *args, **kwargs):
+        norm = clip(parameters, max_norm, *args, **kwargs)
+        if max_norm != float("inf"):
+            ours["grad_norm"].append(float(norm))
+        return norm
+
+    trainer.accelerator.clip_grad_norm_ = recording_clip
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == SETTINGS["mid_step"]:
+                ours["weights"]["mid"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    trainer.add_callback(Snapshot())
+    trainer.train()
+    ours["weights"]["final"] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    return trainer, ours, recorded
+
+
+@pytest.fixture(scope="module")
+def library_run(tmp_path_factory):
+    return run_library(tmp_path_factory.mktemp("codi"))
+
+
+def test_the_data_is_tokenised_as_released():
+    """Every kept example's three sequences, labels and distillation positions equal what the released
+    `preprocess` built (49 of 50 rows: the negative answer is skipped; a one-step CoT is emptied)."""
+    from datasets import Dataset
+
+    from icot_hf.codi.data import CODIDataSettings, encode_example, keep_example
+    from icot_hf.codi.modeling_codi import add_thought_tokens
+
+    tokenizer = fixture_tokenizer()
+    ids = add_thought_tokens(tokenizer)
+    data = json.loads((FIXTURE / "data.json").read_text())
+    released = data["preprocessed"]
+    settings = CODIDataSettings()
+    kept = [row for row in Dataset.from_list(data["rows"]) if keep_example(row, tokenizer, settings)]
+    assert len(kept) == len(released["encoder_input_ids"]) == len(data["rows"]) - 1
+    for i, row in enumerate(kept):
+        ours = encode_example(row, tokenizer, ids["<|bot|>"], ids["<|eot|>"], settings)
+        assert ours["encoder_input_ids"] == released["encoder_input_ids"][i]
+        assert ours["decoder_input_ids"] == released["decoder_input_ids"][i] == released["labels"][i]
+        assert ours["ref_input_ids"] == released["ref_input_ids"][i]
+        assert ours["ref_labels"] == released["ref_labels"][i]
+        # the released positions are one past the answer prefix; its forward subtracts 1
+        assert ours["ref_distill_position"] == released["ref_answer_position"][i] - 1
+        assert ours["model_distill_position"] == released["model_answer_position"][i] - 1
+
+
+def test_every_micro_batch_has_the_released_loss_and_parts(library_run):
+    _, ours, recorded = library_run
+    assert len(ours["loss"]) == len(recorded["loss"]) == 28
+    for part in ("loss", "ce_loss", "distill_loss", "ref_ce_loss"):
+        assert ours[part] == pytest.approx(recorded[part], rel=LOSS_RTOL), part
+
+
+def test_every_step_has_the_released_gradient_norm(library_run):
+    _, ours, recorded = library_run
+    assert len(ours["grad_norm"]) == len(recorded["grad_norm"]) == 16
+    assert ours["grad_norm"] == pytest.approx(recorded["grad_norm"], rel=NORM_RTOL)
+
+
+@pytest.mark.parametrize("point", ["mid", "final"])
+def test_the_weights_match_the_released_run(library_run, point):
+    _, ours, _ = library_run
+    initial = {reference_key(k): v for k, v in load_file(FIXTURE / "initial.safetensors").items()}
+    released = {reference_key(k): v for k, v in load_file(FIXTURE / ("final.safetensors" if point == "final" else
+                                                                    f"step{SETTINGS['mid_step']}.safetensors")).items()}
+    weights = ours["weights"][point]
+    moved = 0
+    for key, theirs in released.items():
+        change = (theirs - initial[key]).norm()
+        if change == 0:
+            assert torch.equal(weights[key], theirs), key  # frozen (the base under LoRA, the new tokens' rows)
+            continue
+        moved += 1
+        assert float((weights[key] - theirs).norm() / change) < WEIGHT_RTOL, key
+    assert moved == 2 * 4 * 2 + 6  # LoRA A and B on 4 modules x 2 layers, the projection's 6 tensors
