@@ -13,8 +13,9 @@
 #
 # Paths in the YAML configs (data, outputs) are relative to the current directory.
 # METHODS lists the implicit methods to train and evaluate: "kd" (the paper's distillation),
-# "stepwise" (ICoT-SI from the same teacher) and/or "coconut" (continuous thought, from the same
-# teacher); by default kd and stepwise where the task has configs for them (coconut only when asked).
+# "stepwise" (ICoT-SI from the same teacher), "coconut" (continuous thought, from the same teacher)
+# and/or "codi" (self-distilled continuous thought, from the same teacher); by default every one of
+# them the task has configs for.
 # The CPU presets train in bf16 where the CPU has avx512_bf16 or AMX (cpu_bf16: auto), fp32 elsewhere.
 # A stepwise preset with save_frontier_points also evaluates ICoT-SI's model at each stage's end
 # (results.json `frontier`, frontier.png).
@@ -44,7 +45,7 @@ METHODS=${METHODS:-}
 CORES=$(nproc 2>/dev/null || echo 1)
 LANES=${LANES:-$([ "$CORES" -ge 2 ] && [ "$PRESET" = cpu ] && echo 2 || echo 1)}
 for method in $METHODS; do
-  case $method in kd|stepwise|coconut) ;; *) echo "reproduce: unknown method '$method' in METHODS (use kd, stepwise and/or coconut)"; exit 2;; esac
+  case $method in kd|stepwise|coconut|codi) ;; *) echo "reproduce: unknown method '$method' in METHODS (use kd, stepwise, coconut and/or codi)"; exit 2;; esac
 done
 wants() { [[ " $METHODS " == *" $1 "* ]]; }
 SUFFIX=""
@@ -54,7 +55,7 @@ OUT=${OUT:-outputs/$TASK$SUFFIX}
 RESULTS=${RESULTS:-results/$TASK$SUFFIX}
 [ -d "$CONFIGS" ] || { echo "reproduce: no configs in $CONFIGS (TASK=$TASK PRESET=$PRESET)"; exit 2; }
 # By default every method this task has configs for.
-[ -n "$METHODS" ] || METHODS="kd$([ -f "$CONFIGS/stepwise.yaml" ] && echo " stepwise")"
+[ -n "$METHODS" ] || METHODS="kd$([ -f "$CONFIGS/stepwise.yaml" ] && echo " stepwise")$([ -f "$CONFIGS/coconut.yaml" ] && echo " coconut")$([ -f "$CONFIGS/codi.yaml" ] && echo " codi")"
 mkdir -p "$OUT" "$RESULTS" logs
 export HF_HUB_DISABLE_TELEMETRY=1
 STARTED=$(date +%s)
@@ -134,6 +135,7 @@ lane1="" lane2="no_cot:$OUT/no_cot"
 wants stepwise && lane1="stepwise:$OUT/stepwise"
 wants coconut && lane1="$lane1 coconut:$OUT/coconut"
 wants kd && lane2="$lane2 mind_reading:$OUT/mind_reading emulator:$OUT/emulator coupled:$OUT/coupled"
+wants codi && lane2="$lane2 codi:$OUT/codi"
 PHASES=("teacher:$OUT/teacher")
 if [ "$LANES" -ge 2 ] && [ -n "$lane1" ]; then PHASES+=("$lane1 | $lane2"); else PHASES+=("$lane2 $lane1"); fi
 PHASES+=("evaluate")
@@ -149,6 +151,7 @@ baseline_and_kd_lane() {
     stage emulator emulator emulator "$OUT/emulator" --teacher_name_or_path "$OUT/teacher"
     stage coupled couple couple "$OUT/coupled" --student_name_or_path "$OUT/mind_reading" --emulator_name_or_path "$OUT/emulator"
   fi
+  if wants codi; then stage codi codi codi "$OUT/codi" --teacher_name_or_path "$OUT/teacher"; fi
 }
 # Every stage finished with these settings already (a re-run right after a run)? One launch asks for
 # all of them; otherwise each stage is launched and decides for itself, as below.
@@ -163,7 +166,7 @@ fi
 # 2. the explicit-CoT teacher (all cores)
 stage teacher teacher teacher "$OUT/teacher"
 
-# 3. two lanes after the teacher: ICoT-SI | no-CoT baseline, then ICoT-KD's stages
+# 3. two lanes after the teacher: ICoT-SI, then Coconut | no-CoT baseline, then ICoT-KD's stages, then CODI
 models=(--no_cot_model "$OUT/no_cot" --teacher_model "$OUT/teacher")
 curves=(teacher="$OUT/teacher" no_cot="$OUT/no_cot")
 if wants stepwise; then
@@ -179,6 +182,11 @@ if wants coconut; then
   [ -f "$CONFIGS/coconut.yaml" ] || { echo "reproduce: METHODS has coconut but $CONFIGS/coconut.yaml is missing"; exit 2; }
   models+=(--coconut_model "$OUT/coconut")
   curves+=(coconut="$OUT/coconut")
+fi
+if wants codi; then
+  [ -f "$CONFIGS/codi.yaml" ] || { echo "reproduce: METHODS has codi but $CONFIGS/codi.yaml is missing"; exit 2; }
+  models+=(--codi_model "$OUT/codi")
+  curves+=(codi="$OUT/codi")
 fi
 if [ "$LANES" -ge 2 ] && { wants stepwise || wants coconut; }; then
   threads=$(( CORES / 2 > 0 ? CORES / 2 : 1 ))

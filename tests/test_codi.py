@@ -199,3 +199,58 @@ def test_bad_input_is_refused_with_the_reason(tmp_path):
     (coconut_folder / "config.json").write_text(json.dumps({"model_type": "coconut"}))
     with pytest.raises(ValueError, match="another icot_hf method"):
         CODITrainer(model=str(coconut_folder), args=digit_args(tmp_path), processing_class=tokenizer, train_dataset=raw_dataset(2))
+
+
+@pytest.mark.parametrize("preset", ["4x4_mult/codi.yaml", "gsm8k/paper/codi.yaml"])
+def test_presets_parse(preset, tmp_path):
+    from icot_hf import CODIConfig
+    from icot_hf.recipe_utils import ScriptArguments, parse_args
+
+    path = REPO / "recipes" / "configs" / preset
+    script, args = parse_args(ScriptArguments, CODIConfig, argv=["--config", str(path), "--output_dir", str(tmp_path), "--bf16", "false"])
+    assert args.num_latent == 6 and args.use_prj and args.distill_loss_div_std
+    if "paper" in preset:  # the released scripts/train_gpt2_gsm8k-aug.sh
+        assert script.model_name_or_path == "gpt2" and args.prj_dim == 768 and args.remove_eos and args.answer_prefix == "The answer is: "
+        assert (args.learning_rate, args.weight_decay, args.warmup_steps, args.max_grad_norm, args.seed) == (3e-3, 0.1, 0.03, 2.0, 11)
+        assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 128 and args.num_train_epochs == 40
+        lora = args.lora_config()
+        assert (lora.r, lora.lora_alpha, lora.lora_dropout, sorted(lora.target_modules)) == (128, 32, 0.1, ["c_attn", "c_fc", "c_proj"])
+
+
+def test_recipe_trains_from_a_teacher_folder_and_is_a_row_of_the_results_table(tmp_path):
+    """`icot-hf codi` on the CPU preset, shrunk: a teacher folder and a saved dataset in, a CODIForCausalLM folder with
+    its completion marker out; then `icot-hf evaluate --codi_model` puts it in the shared table (and refuses it under
+    another method's flag)."""
+    import os
+    import subprocess
+    import sys
+
+    from datasets import DatasetDict
+    from transformers import AutoModelForCausalLM
+
+    import icot_hf  # noqa: F401
+
+    tokenizer = digit_tokenizer()
+    tiny_gpt2(tokenizer).save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    DatasetDict(train=raw_dataset(16), valid=raw_dataset(4), test=raw_dataset(8)).save_to_disk(str(tmp_path / "data"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cli = [sys.executable, "-c", "from icot_hf.cli import main; main()"]
+    run = subprocess.run([*cli, "codi", "--config", "4x4_mult/codi", "--teacher_name_or_path", str(tmp_path / "teacher"),
+                          "--dataset_name_or_path", str(tmp_path / "data"), "--output_dir", str(tmp_path / "codi"), "--max_train_samples", "16",
+                          "--num_train_epochs", "1", "--num_latent", "2", "--prj_dim", "32", "--per_device_train_batch_size", "8",
+                          "--eval_exact_match_samples", "4", "--cpu_bf16", "false", "--use_cpu", "true", "--report_to", "none"],
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "codi" / "training_complete.json").is_file()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "codi")
+    assert type(model).__name__ == "CODIForCausalLM" and model.config.num_latent == 2 and not model.config.remove_eos
+    evaluate = [*cli, "evaluate", "--task", "tiny", "--dataset_name_or_path", str(tmp_path / "data"), "--codi_model", str(tmp_path / "codi"),
+                "--batch_sizes", "1", "4", "--max_examples", "8", "--max_examples_batch1", "2", "--output_dir", str(tmp_path / "results")]
+    run = subprocess.run(evaluate, capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    entry = next(iter(json.loads((tmp_path / "results" / "results.json").read_text())["evaluations"].values()))["codi"]
+    assert entry["num_examples"] == 8 and 0.0 <= entry["accuracy"] <= 1.0 and set(entry["throughput"]) == {"1", "4"}
+    assert "Continuous thought (CODI)" in (tmp_path / "results" / "results.md").read_text()
+    wrong = subprocess.run([*evaluate[:8], "--coconut_model", str(tmp_path / "codi"), *evaluate[10:]], capture_output=True, text=True, env=env)
+    assert wrong.returncode != 0 and "it needs a CoconutForCausalLM" in wrong.stderr

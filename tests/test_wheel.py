@@ -111,7 +111,8 @@ def test_the_wheel_alone_trains_every_stage_and_its_command_runs_packaged_preset
     names = zipfile.ZipFile(wheel).namelist()
     for packaged in ("icot_hf/recipes/teacher.py", "icot_hf/recipes/configs/4x4_mult/stepwise.yaml", "icot_hf/recipes/accelerate_configs/cpu.yaml",
                      "icot_hf/dataset_scripts/make_multiplication.py", "icot_hf/model_cards/model.md", "icot_hf/metrics/exact_match/exact_match.py",
-                     "icot_hf/coconut/modeling_coconut.py", "icot_hf/recipes/configs/gsm8k/paper/coconut.yaml"):
+                     "icot_hf/coconut/modeling_coconut.py", "icot_hf/recipes/configs/gsm8k/paper/coconut.yaml",
+                     "icot_hf/codi/modeling_codi.py", "icot_hf/recipes/configs/gsm8k/paper/codi.yaml", "icot_hf/recipes/codi.py"):
         assert packaged in names, packaged
 
     venv = tmp_path / "venv"
@@ -160,9 +161,11 @@ def test_the_wheel_alone_trains_every_stage_and_its_command_runs_packaged_preset
             "--output_dir", "cli/coconut", "--num_train_epochs", "2", "--max_latent_stage", "1", "--eval_exact_match_samples", "4",
             "--report_to", "none", "--max_train_samples", "64")
     assert (work / "cli" / "coconut" / "training_complete.json").is_file()
+    icot_hf("codi", "--config", "4x4_mult/codi", "--dataset_name_or_path", "data/2x2", "--teacher_name_or_path", "cli/teacher",
+            "--output_dir", "cli/codi", "--num_latent", "2", *quick)
     out = icot_hf("evaluate", "--task", "2x2", "--dataset_name_or_path", "data/2x2", "--teacher_model", "cli/teacher", "--stepwise_model",
-                  "cli/stepwise", "--implicit_model", "cli/coupled", "--batch_sizes", "1", "8", "--max_examples", "8", "--max_examples_batch1", "2", "--output_dir", "cli/results")
-    assert "Explicit CoT (teacher)" in out and "Implicit CoT (ICoT-KD)" in out and (work / "cli" / "results" / "results.json").is_file()
+                  "cli/stepwise", "--implicit_model", "cli/coupled", "--codi_model", "cli/codi", "--batch_sizes", "1", "8", "--max_examples", "8", "--max_examples_batch1", "2", "--output_dir", "cli/results")
+    assert "Explicit CoT (teacher)" in out and "Implicit CoT (ICoT-KD)" in out and "Continuous thought (CODI)" in out and (work / "cli" / "results" / "results.json").is_file()
     bad = subprocess.run([str(venv / "bin" / "icot-hf"), "teacher", "--config", "4x4_mult/nope"], cwd=work, capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "no packaged preset" in bad.stderr
 

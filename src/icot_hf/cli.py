@@ -86,6 +86,7 @@ COMMANDS = {  # command -> (module it runs, what it does)
     "couple": ("icot_hf.recipes.couple", "ICoT-KD 3: emulator + student end to end -> ImplicitCoTForCausalLM"),
     "stepwise": ("icot_hf.recipes.stepwise", "ICoT-SI: remove the teacher's chain of thought stage by stage"),
     "coconut": ("icot_hf.recipes.coconut", "Coconut: replace the teacher's reasoning steps by continuous thoughts, stage by stage"),
+    "codi": ("icot_hf.recipes.codi", "CODI: one model as its own teacher, distilled into continuous thoughts"),
     "evaluate": ("icot_hf.recipes.evaluate_models", "exact match and examples/s of trained models, results table and plots"),
     "push": ("icot_hf.recipes.push", "push a model or dataset folder to the Hub with its card"),
     "import-reference": ("icot_hf.recipes.import_reference", "import a checkpoint of the paper's released code"),

@@ -102,6 +102,20 @@ class CoconutAnswerer:
         return answers
 
 
+class CODIAnswerer:
+    """CODIForCausalLM: the question, `<|bot|>`, its continuous thoughts, `<|eot|>`, then the answer; it
+    writes no reasoning tokens (`cot_lengths` 0 each)."""
+
+    def __init__(self, model, tokenizer, max_new_tokens: int = 64):
+        self.model, self.tokenizer, self.max_new_tokens = model.eval(), tokenizer, max_new_tokens
+        self.cot_lengths: list[int] = []
+
+    def __call__(self, questions: Sequence[str]) -> list[str]:
+        answers = self.model.answer(list(questions), self.tokenizer, max_new_tokens=self.max_new_tokens)
+        self.cot_lengths.extend([0] * len(answers))
+        return answers
+
+
 def evaluate_answerer(
     answerer: Answerer,
     questions: Sequence[str],

@@ -9,10 +9,11 @@ import os
 from pathlib import Path
 
 # `make reproduce` with LANES=2 trains ICoT-SI (and Coconut) in one lane and these, one after another, in the other.
-SECOND_LANE = ("no_cot", "mind_reading", "emulator", "coupled")
+SECOND_LANE = ("no_cot", "mind_reading", "emulator", "coupled", "codi")
 FIRST_LANE = ("stepwise", "coconut")
 METHOD_NAMES = {"no_cot": "No CoT", "explicit_cot": "Explicit CoT (teacher)", "implicit_cot": "Implicit CoT (ICoT-KD)",
-                "stepwise_cot": "Implicit CoT (ICoT-SI, stepwise)", "coconut": "Continuous thought (Coconut)"}
+                "stepwise_cot": "Implicit CoT (ICoT-SI, stepwise)", "coconut": "Continuous thought (Coconut)",
+                "codi": "Continuous thought (CODI)"}
 
 
 def markdown_table(results: dict) -> str:

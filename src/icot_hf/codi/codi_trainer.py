@@ -65,7 +65,7 @@ class CODITrainer(LibraryTrainerMixin, Trainer):
         self.data_settings = CODIDataSettings(args.answer_prefix, args.include_last_cot, args.skip_non_digit_answers, args.remove_eos,
                                               args.max_token_num, args.max_part_tokens, offset)
         prefix_ids = tokenizer.encode(args.answer_prefix, add_special_tokens=False)
-        if not prefix_ids or (tokenizer.unk_token_id is not None and tokenizer.unk_token_id in prefix_ids):
+        if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in prefix_ids:
             raise ValueError(f"answer_prefix {args.answer_prefix!r} is not text this tokenizer can write (it gives {prefix_ids}); pick a "
                              f"prefix of known tokens (released: 'The answer is: '; with the digit tokenizer: '#### ')")
         ids = (model.config.bot_id, model.config.eot_id)

@@ -80,7 +80,10 @@ def _tokens(tokenizer, text: str, settings: CODIDataSettings) -> list[int]:
 def distill_index(tokenizer, answer_ids: list[int], settings: "CODIDataSettings") -> int:
     """Index, within the tokenised answer text, of the token the distillation reads: the last token of the
     answer prefix ("The answer is:", as the released code finds it: its tokens matched in the sequence),
-    plus `distill_offset`."""
+    plus `distill_offset`. Without a prefix, -1: the token before the answer (eos with `remove_eos: false`,
+    which is the `input S cot S answer S` format of an icot_hf explicit-CoT teacher)."""
+    if not settings.answer_prefix.strip():  # no prefix: the token before the answer (the separator a CoT teacher wrote)
+        return -1 + settings.distill_offset
     prompt = tokenizer.encode(settings.answer_prefix.rstrip(), add_special_tokens=False)
     for start in range(len(answer_ids) - len(prompt) + 1):
         if answer_ids[start:start + len(prompt)] == prompt:

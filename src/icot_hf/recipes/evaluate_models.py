@@ -34,7 +34,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, HfArgu
 
 from icot_hf import ImplicitCoTForCausalLM
 from icot_hf.data import load_icot_dataset, read_icot_text
-from icot_hf.evaluation import CoconutAnswerer, DirectAnswerer, ExplicitCoTAnswerer, ImplicitCoTAnswerer, evaluate_answerer
+from icot_hf.evaluation import CODIAnswerer, CoconutAnswerer, DirectAnswerer, ExplicitCoTAnswerer, ImplicitCoTAnswerer, evaluate_answerer
 from icot_hf.results import write_results
 from icot_hf.run_record import artefact_fingerprint, read_json, write_json_atomically
 
@@ -51,6 +51,7 @@ class EvalArguments:
     teacher_model: str | None = field(default=None, metadata={"help": "Explicit-CoT teacher folder or Hub id."})
     implicit_model: str | None = field(default=None, metadata={"help": "ImplicitCoTForCausalLM folder or Hub id."})
     coconut_model: str | None = field(default=None, metadata={"help": "Coconut model folder or Hub id (CoconutForCausalLM)."})
+    codi_model: str | None = field(default=None, metadata={"help": "CODI model folder or Hub id (CODIForCausalLM)."})
     stepwise_model: str | None = field(default=None, metadata={"help": "Stepwise-internalization (ICoT-SI) model folder or Hub id: a plain causal LM."})
     frontier_dir: str | None = field(default=None, metadata={"help": "An ICoT-SI run's frontier/ folder (save_frontier_points): "
                                                              "evaluate the model saved at each removal stage's end."})
@@ -96,22 +97,23 @@ def load_answerers(args: EvalArguments) -> dict:
         return _load(model_class, path, device)
 
     # Check every folder's kind before loading any, so a swapped path fails at once, by name.
+    continuous = {"coconut": ("--coconut_model", "CoconutForCausalLM"), "codi": ("--codi_model", "CODIForCausalLM")}
     for flag, path, implicit in (("--no_cot_model", args.no_cot_model, False), ("--teacher_model", args.teacher_model, False),
                                  ("--implicit_model", args.implicit_model, True), ("--stepwise_model", args.stepwise_model, False),
-                                 ("--coconut_model", args.coconut_model, None)):
+                                 ("--coconut_model", args.coconut_model, "coconut"), ("--codi_model", args.codi_model, "codi")):
         if path is None:
             continue
         try:
             model_type = AutoConfig.from_pretrained(path).model_type
         except (OSError, ValueError) as error:
             raise SystemExit(f"evaluate_models: {flag} {path}: not a model folder or Hub id ({error})") from None
-        if implicit is None:  # Coconut
-            if model_type != "coconut":
-                raise SystemExit(f"evaluate_models: {flag} {path} holds a {model_type} model; it needs a CoconutForCausalLM (the coconut "
-                                 "recipe's output, e.g. outputs/4x4_mult/coconut)")
+        if isinstance(implicit, str):  # a continuous-thought method: its own model type
+            if model_type != implicit:
+                raise SystemExit(f"evaluate_models: {flag} {path} holds a {model_type} model; it needs a {continuous[implicit][1]} (the "
+                                 f"{implicit} recipe's output, e.g. outputs/4x4_mult/{implicit})")
             continue
-        if model_type == "coconut":
-            raise SystemExit(f"evaluate_models: {flag} {path} holds a CoconutForCausalLM; pass it as --coconut_model")
+        if model_type in continuous:
+            raise SystemExit(f"evaluate_models: {flag} {path} holds a {continuous[model_type][1]}; pass it as {continuous[model_type][0]}")
         if implicit and model_type != "icot":
             raise SystemExit(f"evaluate_models: {flag} {path} holds a plain {model_type} model; it needs the coupled ImplicitCoTForCausalLM "
                              "(the couple stage's output, e.g. outputs/4x4_mult/coupled)")
@@ -134,8 +136,13 @@ def load_answerers(args: EvalArguments) -> dict:
         from icot_hf.coconut import CoconutForCausalLM
 
         answerers["coconut"] = CoconutAnswerer(*load(CoconutForCausalLM, args.coconut_model))
+    if args.codi_model:
+        from icot_hf.codi import CODIForCausalLM
+
+        answerers["codi"] = CODIAnswerer(*load(CODIForCausalLM, args.codi_model))
     if not answerers:
-        raise ValueError("no model to evaluate: give --no_cot_model, --teacher_model, --implicit_model, --stepwise_model and/or --coconut_model")
+        raise ValueError("no model to evaluate: give --no_cot_model, --teacher_model, --implicit_model, --stepwise_model, --coconut_model "
+                         "and/or --codi_model")
     return answerers
 
 
@@ -242,7 +249,7 @@ def evaluation_inputs(args: EvalArguments) -> dict:
     same table (the speeds within their noise), so a re-run with them evaluates nothing."""
     settings = {k: v for k, v in dataclasses.asdict(args).items() if k != "output_dir"}
     paths = [args.dataset_name_or_path, *args.test_files, args.no_cot_model, args.teacher_model, args.implicit_model,
-             args.coconut_model, args.stepwise_model]
+             args.coconut_model, args.codi_model, args.stepwise_model]
     if args.frontier_dir:
         paths += [str(Path(args.frontier_dir) / "index.json")]
         paths += [str(Path(args.frontier_dir) / p["model_dir"]) for p in frontier_points(args.frontier_dir)]
@@ -257,7 +264,8 @@ def run_settings(args: EvalArguments) -> dict:
     device = _device(args)
     trained = {}
     for name, path in (("no_cot", args.no_cot_model), ("explicit_cot", args.teacher_model), ("implicit_cot", args.implicit_model),
-                       ("stepwise_cot", args.stepwise_model), ("coconut", args.coconut_model)):
+                       ("stepwise_cot", args.stepwise_model), ("coconut", args.coconut_model),
+                       ("codi", args.codi_model)):
         marker = read_json(Path(path) / "training_complete.json") if path else None
         if marker and marker.get("precision"):
             trained[name] = marker["precision"]

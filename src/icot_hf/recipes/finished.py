@@ -19,19 +19,18 @@ import sys
 from pathlib import Path
 
 RECIPES = {"teacher": "TeacherConfig", "mind_reading": "MindReadingConfig", "emulator": "ThoughtEmulationConfig",
-           "couple": "CoupledConfig", "stepwise": "StepwiseInternalizationConfig", "coconut": "CoconutConfig"}
+           "couple": "CoupledConfig", "stepwise": "StepwiseInternalizationConfig", "coconut": "CoconutConfig", "codi": "CODIConfig"}
 
 
 def stage_is_finished(recipe: str, argv: list[str]) -> str | None:
     """None when the stage is finished with this record; else why not (one line)."""
-    from icot_hf import trainers
-    from icot_hf.coconut.coconut_config import CoconutConfig
+    import icot_hf
     from icot_hf.recipe_utils import ScriptArguments, parse_args
     from icot_hf.run_record import COMPLETE_MARKER, read_json, run_record, weights_changed
 
     if recipe not in RECIPES:
         raise SystemExit(f"finished: unknown recipe {recipe!r} (one of {', '.join(RECIPES)})")
-    config_class = CoconutConfig if recipe == "coconut" else getattr(trainers, RECIPES[recipe])
+    config_class = getattr(icot_hf, RECIPES[recipe])
     script_args, training_args = parse_args(ScriptArguments, config_class, argv=argv)
     output_dir = Path(training_args.output_dir)
     marker = read_json(output_dir / COMPLETE_MARKER)
