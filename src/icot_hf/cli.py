@@ -43,10 +43,23 @@ def disk_full(error: BaseException | None) -> bool:
 def run(main: Callable[[], object]) -> None:
     try:
         _run(main)
+        close_process_group()
     finally:  # a launch that failed before it trained leaves its output_dir as it found it
         from .run_record import abandon_unstarted_runs
 
         abandon_unstarted_runs()
+
+
+def close_process_group() -> None:
+    """End a finished multi-process run's process group before the interpreter exits: gloo's threads
+    torn down at exit aborted a rank ("terminate called without an active exception", exit -6) after
+    training and saving had finished, failing a launch whose work was done (seen once in a 2-process
+    CPU run)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _run(main: Callable[[], object]) -> None:
