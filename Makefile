@@ -7,7 +7,7 @@ METHODS ?=
 TEST_FILE ?= $(firstword $(wildcard ../shared/data/icot_original/$(subst x,_by_,$(subst _mult,,$(TASK)))_mult/test_bigbench.txt))
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help install install-deepspeed reproduce test test-fast mutants bench bench-train bench-precision bench-coconut clean
+.PHONY: help install install-deepspeed reproduce test test-fast proofs mutants bench bench-train bench-precision bench-coconut clean
 
 ## This list of targets
 help:
@@ -28,10 +28,14 @@ install-deepspeed: install
 reproduce: install
 	TASK=$(TASK) PRESET=$(PRESET) METHODS="$(METHODS)" TEST_FILE=$(TEST_FILE) bash scripts/reproduce.sh
 
-## The linter (ruff), then unit tests and small learning checks (offline)
+## The linter (ruff), then unit tests, parity proofs and small learning checks (offline; ~35 min on 2 cores)
 test: install
 	$(VENV)/bin/ruff check .
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not proof" tests
+
+## The long end-to-end proofs: the odd-input sweep, the fast planted mistakes, scripts/gpu_check.sh on its CPU path (~15 min)
+proofs: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m proof tests
 
 ## The tests not marked slow
 test-fast: install

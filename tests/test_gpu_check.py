@@ -13,6 +13,7 @@ from conftest import REPO
 
 
 @pytest.mark.slow
+@pytest.mark.proof
 def test_gpu_check_script_runs_on_its_cpu_path(tmp_path):
     env = dict(os.environ, GPU_CHECK_SMOKE="1", CHECK_DIR=str(tmp_path / "check"), PY=sys.executable,
                ACCELERATE=str(Path(sys.executable).parent / "accelerate"), OMP_NUM_THREADS="1")

@@ -32,6 +32,7 @@ def test_a_stale_entry_is_named(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.proof
 def test_the_fast_mistakes_are_each_caught():
     """Each fast entry planted in a scratch copy fails the tests it names (the suite itself is
     the baseline: those tests pass unmutated in this same run)."""

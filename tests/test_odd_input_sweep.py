@@ -12,6 +12,7 @@ from conftest import REPO
 
 
 @pytest.mark.slow
+@pytest.mark.proof
 def test_every_odd_input_behaves():
     run = subprocess.run([sys.executable, str(REPO / "scripts" / "odd_input_sweep.py")], capture_output=True, text=True, timeout=1800,
                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
