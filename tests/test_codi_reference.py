@@ -203,3 +203,59 @@ def test_the_weights_match_the_released_run(library_run, point):
         moved += 1
         assert float((weights[key] - theirs).norm() / change) < WEIGHT_RTOL, key
     assert moved == 2 * 4 * 2 + 6  # LoRA A and B on 4 modules x 2 layers, the projection's 6 tensors
+
+
+def test_a_released_checkpoint_imports_as_a_codi_model_that_computes_what_it_computed(tmp_path):
+    """The fixture's last state is a checkpoint as the released train.py saves it (LoRA names, the projection,
+    three added rows). `icot-hf import-reference --codi` makes it a CODIForCausalLM folder (LoRA merged) whose
+    student logits equal the LoRA model's with those weights, which loads through AutoModelForCausalLM and
+    answers in batches; a .bin that would run code when unpickled is refused and its code never runs."""
+    import os
+    import pickle
+    import shutil
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from icot_hf.codi import CODILoss
+    from icot_hf.codi.data import CODICollator
+
+    base = tmp_path / "base"
+    shutil.copytree(FIXTURE / "tokenizer", base)
+    shutil.copy(FIXTURE / "model_config.json", base / "config.json")
+    cli = [sys.executable, "-c", "from icot_hf.cli import main; main()", "import-reference"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([*cli, "--codi", str(FIXTURE / "final.safetensors"), "--base_model", str(base), "--codi_num_latent", "3",
+                          "--output_dir", str(tmp_path / "imported")], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    imported = AutoModelForCausalLM.from_pretrained(tmp_path / "imported" / "codi").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "imported" / "codi")
+    assert type(imported).__name__ == "CODIForCausalLM" and not imported.has_lora and imported.config.num_latent == 3
+
+    trained = build_reference_model(fixture_tokenizer())
+    trained.load_state_dict({reference_key(k): v for k, v in load_file(FIXTURE / "final.safetensors").items()}, strict=False)
+    data = json.loads((FIXTURE / "data.json").read_text())["preprocessed"]
+    features = [{"encoder_input_ids": data["encoder_input_ids"][i], "decoder_input_ids": data["decoder_input_ids"][i],
+                 "ref_input_ids": data["ref_input_ids"][i], "ref_labels": data["ref_labels"][i],
+                 "ref_distill_position": data["ref_answer_position"][i] - 1, "model_distill_position": data["model_answer_position"][i] - 1}
+                for i in range(4)]
+    batch = CODICollator(257)(features)
+    with torch.no_grad():
+        ours = imported(**batch, loss_settings=CODILoss(distill_loss_div_std=True))
+        theirs = trained.eval()(**batch, loss_settings=CODILoss(distill_loss_div_std=True))
+    assert torch.allclose(ours.logits, theirs.logits, atol=1e-4) and abs(float(ours.loss - theirs.loss)) < 1e-4
+    answers = imported.answer(["Tom has 3 apples.", "A box holds 4 pens. How many pens are in 2 boxes?"], tokenizer, max_new_tokens=4)
+    assert len(answers) == 2
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "ran"), "w"))
+
+    (tmp_path / "evil").mkdir()
+    with open(tmp_path / "evil" / "pytorch_model.bin", "wb") as handle:
+        pickle.dump({"codi.x": Payload()}, handle)
+    refused = subprocess.run([*cli, "--codi", str(tmp_path / "evil"), "--base_model", str(base), "--output_dir", str(tmp_path / "out2")],
+                             capture_output=True, text=True, env=env)
+    assert refused.returncode != 0 and "refused" in refused.stderr and not (tmp_path / "ran").exists()
+    assert not (tmp_path / "out2" / "codi").exists()

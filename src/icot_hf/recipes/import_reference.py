@@ -4,6 +4,7 @@
         --emulator ckpt/4x4/emulator --stepwise ckpt/4x4_si --output_dir outputs/4x4_mult-released
 
 Each given folder is one component as the paper's code saved it (config.json + state_dict.bin).
+--codi takes a checkpoint of CODI's released train.py (icot_hf.codi.import_released): <output_dir>/codi.
 Written: <output_dir>/teacher and <output_dir>/stepwise (plain causal LMs), <output_dir>/coupled
 (ImplicitCoTForCausalLM from --student and --emulator), each with its tokenizer, ready for
 `recipes/evaluate_models.py`, `from_pretrained` and `push_to_hub`. state_dict.bin is read with
@@ -43,6 +44,10 @@ class ImportArguments:
     student: str | None = field(default=None, metadata={"help": "ICoT-KD mind-reading student folder (with --emulator: the coupled model)."})
     emulator: str | None = field(default=None, metadata={"help": "ICoT-KD thought emulator folder (with --student)."})
     stepwise: str | None = field(default=None, metadata={"help": "ICoT-SI model folder."})
+    codi: str | None = field(default=None, metadata={"help": "A checkpoint of CODI's released train.py (pytorch_model.bin, model.safetensors "
+                                                      "or their folder), e.g. zen-E/CODI-gpt2 downloaded; --base_model names its base (default gpt2)."})
+    codi_lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha the CODI checkpoint was trained with (released GPT-2 run: 32)."})
+    codi_num_latent: int = field(default=6, metadata={"help": "Continuous thoughts the CODI checkpoint was trained with (released: 6)."})
     base_model: str | None = field(default=None, metadata={"help": "Base model id or folder (default: each checkpoint's base_model)."})
     tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer id or folder (default: each checkpoint's tokenizer_name)."})
 
@@ -59,10 +64,15 @@ def main():
         jobs["stepwise"] = (args.stepwise, lambda: rc.import_causal_lm(args.stepwise, "stepwise", args.base_model))
     if args.student:
         jobs["coupled"] = (args.student, lambda: rc.import_coupled(args.student, args.emulator, tokenizer_for(args.student), args.base_model))
+    if args.codi:
+        from icot_hf.codi.import_released import import_codi
+
+        jobs["codi"] = (args.codi, lambda: import_codi(args.codi, args.base_model or "gpt2", tokenizer_for(args.codi),
+                                                       lora_alpha=args.codi_lora_alpha, num_latent=args.codi_num_latent)[0])
     if not jobs:
-        raise SystemExit("nothing to import: give --teacher, --stepwise and/or --student with --emulator")
+        raise SystemExit("nothing to import: give --teacher, --stepwise, --codi and/or --student with --emulator")
     out = Path(args.output_dir)
-    sources = {"teacher": [args.teacher], "stepwise": [args.stepwise], "coupled": [args.student, args.emulator]}
+    sources = {"teacher": [args.teacher], "stepwise": [args.stepwise], "coupled": [args.student, args.emulator], "codi": [args.codi]}
     records = {name: {"sources": [str(Path(p).resolve()) for p in sources[name]], "base_model": args.base_model,
                       "tokenizer": args.tokenizer} for name in jobs}
     finished = [name for name in jobs if imported_before(out / name, records[name])]
@@ -72,6 +82,14 @@ def main():
 
     def tokenizer_for(folder):
         try:
+            if folder == args.codi:  # CODI saves no config: the base model's tokenizer (the import adds its tokens)
+                from transformers import AutoTokenizer
+
+                from icot_hf.codi import add_thought_tokens
+
+                tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.base_model or "gpt2")
+                add_thought_tokens(tokenizer)  # [PAD], <|bot|>, <|eot|> at the released ids (the import checks them)
+                return tokenizer
             return rc.reference_tokenizer(folder, args.tokenizer)
         except OSError as error:
             named = args.tokenizer or "the tokenizer the checkpoint names"
@@ -93,6 +111,7 @@ def main():
           + (f" --teacher_model {out / 'teacher'}" if "teacher" in jobs else "")
           + (f" --implicit_model {out / 'coupled'}" if "coupled" in jobs else "")
           + (f" --stepwise_model {out / 'stepwise'}" if "stepwise" in jobs else "")
+          + (f" --codi_model {out / 'codi'}" if "codi" in jobs else "")
           + f" --test_files TEST_FILE --output_dir {out / 'results'}")
 
 
