@@ -126,6 +126,23 @@ def test_the_saved_folder_loads_with_automodel_and_answers_in_batches(trained):
         assert torch.equal(remote.generate(**batch, max_new_tokens=10, do_sample=False, pad_token_id=tokenizer.pad_token_id), out)
 
 
+def test_pipeline_text_generation_answers_from_the_documented_prompt(trained):
+    """pipeline("text-generation") on the folder, prompted with `model.prompt(question, tokenizer)`, writes what
+    `model.answer` reads (the thoughts' placeholders and the special tokens are not in its text)."""
+    from transformers import pipeline
+
+    _, folder, kind = trained
+    if kind != "full":
+        pytest.skip("the full run's folder")
+    generator = pipeline("text-generation", model=str(folder))
+    prompts = [generator.model.prompt(q, generator.tokenizer) for q in QUESTIONS[:3]]
+    out = generator(prompts, max_new_tokens=10, do_sample=False)
+    answers = generator.model.answer(QUESTIONS[:3], generator.tokenizer, max_new_tokens=10)
+    for prompt, result, answer in zip(prompts, out, answers):
+        text = result[0]["generated_text"]
+        assert text.startswith(prompt) and answer in text[len(prompt):]
+
+
 def test_lora_trains_the_adapters_and_the_projection_only(trained):
     trainer, _, kind = trained
     if kind != "lora":

@@ -231,6 +231,14 @@ class CODIForCausalLM(WrapsLoRA, CarriesItsCode, PreTrainedModel, GenerationMixi
                           logits=student.logits)
 
     # ------------------------------------------------------------------ generation
+    def prompt(self, question: str, tokenizer) -> str:
+        """The prompt as text, for `pipeline("text-generation")`: the question, eos unless `remove_eos`, `<|bot|>`.
+
+        >>> generator = pipeline("text-generation", model="outputs/gsm8k/codi")
+        >>> generator(generator.model.prompt(question, generator.tokenizer), max_new_tokens=32, do_sample=False)
+        """
+        return question + ("" if self.config.remove_eos else tokenizer.eos_token) + BOT
+
     def prompt_ids(self, tokenizer, questions: list[str]) -> dict[str, torch.Tensor]:
         """Left-padded prompts: each question's tokens, eos unless `remove_eos`, then `<|bot|>`."""
         tail = ([] if self.config.remove_eos else [tokenizer.eos_token_id]) + [self.config.bot_id]
@@ -263,14 +271,16 @@ class CODIForCausalLM(WrapsLoRA, CarriesItsCode, PreTrainedModel, GenerationMixi
         placeholders = input_ids.new_full((rows, n), self.config.bot_id)
         full = torch.cat([input_ids, placeholders, input_ids.new_tensor(start).expand(rows, -1)], dim=1)
         full_mask = torch.cat([mask, mask.new_ones(rows, len(start))], dim=1)
-        kwargs.setdefault("generation_config", self.generation_config)
+        for name in ("eos_token_id", "pad_token_id"):  # this folder's generation settings, not the wrapped LM's defaults
+            if "generation_config" not in kwargs and getattr(self.generation_config, name, None) is not None:
+                kwargs.setdefault(name, getattr(self.generation_config, name))
         suppress = list(kwargs.pop("suppress_tokens", None) or []) + [self.config.eot_id]
         return self.lm.generate(input_ids=full, attention_mask=full_mask, cache=cache, suppress_tokens=suppress, **kwargs)
 
     @torch.no_grad()
     def answer(self, questions: list[str], tokenizer, max_new_tokens: int = 64, num_latent: int | None = None) -> list[str]:
-        """Answers to `questions`, in one batch: the decoded text after the answer prefix (the released
-        evaluation then reads its last number)."""
+        """Answers to `questions`, in one batch: the decoded text after the answer prefix, up to a second one
+        (the released evaluation reads the last number of the decoded text)."""
         if isinstance(questions, str):
             raise TypeError("answer() takes a list of questions")
         self.check_tokenizer(tokenizer)
@@ -281,7 +291,8 @@ class CODIForCausalLM(WrapsLoRA, CarriesItsCode, PreTrainedModel, GenerationMixi
         start = batch["input_ids"].shape[1] + (self.config.num_latent if num_latent is None else num_latent) + (1 if self.config.remove_eos else 2)
         texts = tokenizer.batch_decode(out[:, start:], skip_special_tokens=True)
         prefix = self.config.answer_prefix.strip()
-        return [text.split(prefix)[-1].strip() if prefix else text.strip() for text in texts]
+        # the text after the prefix, up to where a model that did not stop at eos starts another
+        return [text.split(prefix)[1].strip() if prefix and prefix in text else text.strip() for text in texts]
 
 
 def released_question_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
