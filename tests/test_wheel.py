@@ -2,7 +2,7 @@
 from the test environment's site-packages, where icot_hf is present only as the checkout's
 editable install, which a plain path entry does not activate), run from a folder outside the
 checkout, a TRL-style script trains every stage and the coupled folder answers through
-`AutoModelForCausalLM`; a TRL-style Coconut run on a tiny Llama saves a folder that loads from
+`AutoModelForCausalLM`; TRL-style Coconut and CODI runs on a tiny Llama save folders that load from
 another directory and generates in batches what each row gives alone; the `icot-hf` command runs packaged presets; `accelerate launch -m` runs a
 recipe module."""
 
@@ -99,6 +99,18 @@ COCONUT_SCRIPT = textwrap.dedent('''
         single = model.generate(**alone, max_new_tokens=8, do_sample=False)[0, alone["input_ids"].shape[1]:].tolist()
         assert out[i, batch["input_ids"].shape[1]:].tolist()[:len(single)] == single, i
     print("COCONUT OK", type(model).__name__, model.config.num_latent_thoughts)
+
+    from icot_hf import CODIConfig, CODITrainer
+    os.chdir("..")
+    args = CODIConfig(output_dir="codi", num_latent=2, prj_dim=32, answer_prefix="#### ", per_device_train_batch_size=16,
+                      learning_rate=1e-3, num_train_epochs=1, report_to="none", save_strategy="no")
+    trainer = CODITrainer(model="tiny_llama", args=args, train_dataset=Dataset.from_list(rows))
+    trainer.train()
+    trainer.save_model()
+    os.chdir("other")
+    model = AutoModelForCausalLM.from_pretrained("../codi").eval()
+    answers = model.answer(["1 2 * 3", "4 * 4", "7 3 * 2"], AutoTokenizer.from_pretrained("../codi"), max_new_tokens=6)
+    print("CODI OK", type(model).__name__, len(answers))
 ''')
 
 
@@ -137,7 +149,7 @@ def test_the_wheel_alone_trains_every_stage_and_its_command_runs_packaged_preset
     script.write_text(COCONUT_SCRIPT.format(venv=str(venv)))
     coconut = subprocess.run([python, str(script)], cwd=work, capture_output=True, text=True, env=env)
     assert coconut.returncode == 0, coconut.stdout[-2000:] + coconut.stderr[-4000:]
-    assert "COCONUT OK CoconutForCausalLM 2" in coconut.stdout
+    assert "COCONUT OK CoconutForCausalLM 2" in coconut.stdout and "CODI OK CODIForCausalLM 3" in coconut.stdout
 
     def icot_hf(*args):
         run = subprocess.run([str(venv / "bin" / "icot-hf"), *args], cwd=work, capture_output=True, text=True, env=env)
