@@ -209,7 +209,7 @@ class CODIForCausalLM(WrapsLoRA, CarriesItsCode, PreTrainedModel, GenerationMixi
             teacher = self.lm(input_ids=ref_input_ids, attention_mask=ref_mask, output_hidden_states=True)
         else:
             teacher = self.lm(input_ids=ref_input_ids, attention_mask=ref_mask, output_hidden_states=True)
-            targets = tuple(state.detach() for state in teacher.hidden_states)
+            targets = teacher.hidden_states  # detached where they are read (distill_loss)
         n = self.config.num_latent
         cache, _, after = self.think(encoder_input_ids, encoder_attention_mask, n, mask_padding=mask_padding)
 
