@@ -218,7 +218,7 @@ def test_bad_input_is_refused_with_the_reason(tmp_path):
         CODITrainer(model=str(coconut_folder), args=digit_args(tmp_path), processing_class=tokenizer, train_dataset=raw_dataset(2))
 
 
-@pytest.mark.parametrize("preset", ["4x4_mult/codi.yaml", "gsm8k/paper/codi.yaml"])
+@pytest.mark.parametrize("preset", ["4x4_mult/codi.yaml", "gsm8k/paper/codi.yaml", "gsm8k/paper/codi_llama1b.yaml"])
 def test_presets_parse(preset, tmp_path):
     from icot_hf import CODIConfig
     from icot_hf.recipe_utils import ScriptArguments, parse_args
@@ -226,7 +226,10 @@ def test_presets_parse(preset, tmp_path):
     path = REPO / "recipes" / "configs" / preset
     script, args = parse_args(ScriptArguments, CODIConfig, argv=["--config", str(path), "--output_dir", str(tmp_path), "--bf16", "false"])
     assert args.num_latent == 6 and args.use_prj and args.distill_loss_div_std
-    if "paper" in preset:  # the released scripts/train_gpt2_gsm8k-aug.sh
+    if preset.endswith("llama1b.yaml"):  # the released scripts/train_llama1b_gsm8k-aug.sh
+        assert (args.learning_rate, args.num_train_epochs, args.distill_loss_factor, args.prj_dim, args.max_token_num) == (8e-4, 10, 20.0, 2048, 200)
+        assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 128 and args.distill_offset == -1
+    elif "paper" in preset:  # the released scripts/train_gpt2_gsm8k-aug.sh
         assert script.model_name_or_path == "gpt2" and args.prj_dim == 768 and args.remove_eos and args.answer_prefix == "The answer is: "
         assert (args.learning_rate, args.weight_decay, args.warmup_steps, args.max_grad_norm, args.seed) == (3e-3, 0.1, 0.03, 2.0, 11)
         assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 128 and args.num_train_epochs == 40
