@@ -262,6 +262,27 @@ def build_distillation_base(script_args: ScriptArguments, tokenizer, teacher):
     return AutoModelForCausalLM.from_config(teacher.config)
 
 
+def raw_splits(script_args: ScriptArguments, columns: tuple[str, ...]):
+    """The train split and (where the dataset has it) the eval split, raw, cut to max_train_samples /
+    max_eval_samples, with only `columns` kept: for the methods whose trainers tokenise for themselves
+    (Coconut, CODI)."""
+    from .data import load_icot_dataset
+
+    dataset = load_icot_dataset(script_args.dataset_name_or_path)
+
+    def split(name, limit):
+        if name not in dataset:
+            raise ValueError(f"no split {name!r} in the dataset; it has {list(dataset)}")
+        part = dataset[name].select_columns([c for c in dataset[name].column_names if c in columns])
+        return part.select(range(min(limit, len(part)))) if limit is not None else part
+
+    train = split(script_args.train_split, script_args.max_train_samples)
+    evaluation = None
+    if script_args.eval_split and script_args.eval_split in dataset:
+        evaluation = split(script_args.eval_split, script_args.max_eval_samples)
+    return train, evaluation
+
+
 def load_splits(script_args: ScriptArguments, tokenizer, views, context_length: int | None, reads_teacher_states: bool = False,
                 step_ends: bool = False):
     """Tokenised train and eval splits (views as asked), checked against the model's context.

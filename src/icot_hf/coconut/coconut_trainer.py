@@ -16,16 +16,15 @@ from __future__ import annotations
 import math
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer, TrainerCallback
+from transformers import AutoTokenizer, Trainer, TrainerCallback
 
 from ..trainers.base import LibraryTrainerMixin, apply_lora, disable_dropout
-from ..trainers.inputs import default_config, is_name
+from ..trainers.inputs import default_config, is_name, load_lm_or_own
 from .coconut_config import CoconutConfig
 from .configuration_coconut import END_LATENT, LATENT, START_LATENT
 from .data import CoconutCollator, CoconutFormat, CurriculumDataset, CurriculumSettings, question_prompt, tokenize_example
 from .modeling_coconut import CoconutForCausalLM
 
-OTHER_METHODS = {"icot_student", "icot_emulator", "icot", "icot_stepwise"}
 
 
 class CurriculumCallback(TrainerCallback):
@@ -109,19 +108,7 @@ class CoconutTrainer(LibraryTrainerMixin, Trainer):
             disable_dropout(self.model)
 
     def build_model(self, model, tokenizer, args: CoconutConfig, init_kwargs) -> CoconutForCausalLM:
-        if is_name(model):
-            model_type = AutoConfig.from_pretrained(str(model)).model_type
-            if model_type in OTHER_METHODS:
-                raise ValueError(f"{model} holds an {model_type} model (another icot_hf method); give Coconut a causal LM trained on "
-                                 f"explicit CoT, or a Coconut folder")
-            load = CoconutForCausalLM if model_type == "coconut" else AutoModelForCausalLM
-            model = load.from_pretrained(str(model), **(init_kwargs or {}))
-        elif init_kwargs:
-            raise ValueError("model_init_kwargs apply only when model is a name or path")
-        if not isinstance(model, PreTrainedModel):
-            raise TypeError(f"model must be a causal LM or its name, got {type(model).__name__}")
-        if getattr(model.config, "model_type", None) in OTHER_METHODS:
-            raise ValueError(f"the model is an {model.config.model_type} model (another icot_hf method), not a causal LM for Coconut")
+        model = load_lm_or_own(model, CoconutForCausalLM, "Coconut", init_kwargs)
         if isinstance(model, CoconutForCausalLM):
             model.check_tokenizer(tokenizer)
         else:

@@ -14,15 +14,14 @@ What the released train.py does, and where it lives here:
 from __future__ import annotations
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer
+from transformers import AutoTokenizer, Trainer
 
 from ..trainers.base import LibraryTrainerMixin, apply_lora, disable_dropout
-from ..trainers.inputs import default_config, is_name
+from ..trainers.inputs import default_config, is_name, load_lm_or_own
 from .codi_config import CODIConfig
 from .data import CODICollator, CODIDataSettings, answer_value, encode_example, keep_example
 from .modeling_codi import CODIForCausalLM, CODILoss
 
-OTHER_METHODS = {"icot_student", "icot_emulator", "icot", "icot_stepwise", "coconut"}
 OFFSET_MODEL_TYPES = ("llama", "qwen")  # the released code adds 1 to the distillation position for these names
 
 
@@ -80,18 +79,7 @@ class CODITrainer(LibraryTrainerMixin, Trainer):
             disable_dropout(self.model)
 
     def build_model(self, model, tokenizer, args: CODIConfig, init_kwargs) -> CODIForCausalLM:
-        if is_name(model):
-            model_type = AutoConfig.from_pretrained(str(model)).model_type
-            if model_type in OTHER_METHODS:
-                raise ValueError(f"{model} holds an {model_type} model (another icot_hf method); give CODI a causal LM or a CODI folder")
-            load = CODIForCausalLM if model_type == "codi" else AutoModelForCausalLM
-            model = load.from_pretrained(str(model), **(init_kwargs or {}))
-        elif init_kwargs:
-            raise ValueError("model_init_kwargs apply only when model is a name or path")
-        if not isinstance(model, PreTrainedModel):
-            raise TypeError(f"model must be a causal LM or its name, got {type(model).__name__}")
-        if getattr(model.config, "model_type", None) in OTHER_METHODS:
-            raise ValueError(f"the model is an {model.config.model_type} model (another icot_hf method), not a causal LM for CODI")
+        model = load_lm_or_own(model, CODIForCausalLM, "CODI", init_kwargs)
         if isinstance(model, CODIForCausalLM):
             model.check_tokenizer(tokenizer)
             return model

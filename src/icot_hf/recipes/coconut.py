@@ -14,17 +14,9 @@ from transformers import set_seed
 
 from icot_hf.coconut.coconut_config import CoconutConfig
 from icot_hf.coconut.coconut_trainer import CoconutTrainer
-from icot_hf.data import load_icot_dataset
-from icot_hf.recipe_utils import ScriptArguments, begin_run, build_base_model, load_tokenizer, parse_args, train_and_save
+from icot_hf.recipe_utils import ScriptArguments, begin_run, build_base_model, load_tokenizer, parse_args, raw_splits, train_and_save
 
-RAW = ("input", "cot", "answer")
-
-
-def split(dataset, name, limit):
-    if name not in dataset:
-        raise ValueError(f"no split {name!r} in the dataset; it has {list(dataset)}")
-    part = dataset[name].select_columns([c for c in dataset[name].column_names if c in RAW + ("question", "steps")])
-    return part.select(range(min(limit, len(part)))) if limit is not None else part
+RAW = ("input", "cot", "answer", "question", "steps")  # the raw columns its trainer reads
 
 
 def main():
@@ -36,11 +28,7 @@ def main():
     start = script_args.teacher_name_or_path or script_args.model_name_or_path
     tokenizer = load_tokenizer(script_args, fallback_path=start)
     model = start if start else build_base_model(script_args, tokenizer)
-    dataset = load_icot_dataset(script_args.dataset_name_or_path)
-    train = split(dataset, script_args.train_split, script_args.max_train_samples)
-    evaluation = None
-    if script_args.eval_split and script_args.eval_split in dataset:
-        evaluation = split(dataset, script_args.eval_split, script_args.max_eval_samples)
+    train, evaluation = raw_splits(script_args, RAW)
     trainer = CoconutTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer)
     train_and_save(trainer, training_args)
 

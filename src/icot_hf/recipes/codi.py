@@ -15,17 +15,9 @@ from transformers import set_seed
 
 from icot_hf.codi.codi_config import CODIConfig
 from icot_hf.codi.codi_trainer import CODITrainer
-from icot_hf.data import load_icot_dataset
-from icot_hf.recipe_utils import ScriptArguments, begin_run, build_base_model, load_tokenizer, parse_args, train_and_save
+from icot_hf.recipe_utils import ScriptArguments, begin_run, build_base_model, load_tokenizer, parse_args, raw_splits, train_and_save
 
-RAW = ("input", "cot", "answer", "question")
-
-
-def split(dataset, name, limit):
-    if name not in dataset:
-        raise ValueError(f"no split {name!r} in the dataset; it has {list(dataset)}")
-    part = dataset[name].select_columns([c for c in dataset[name].column_names if c in RAW])
-    return part.select(range(min(limit, len(part)))) if limit is not None else part
+RAW = ("input", "cot", "answer", "question")  # the raw columns its trainer reads
 
 
 def main():
@@ -37,11 +29,7 @@ def main():
     start = script_args.teacher_name_or_path or script_args.model_name_or_path
     tokenizer = load_tokenizer(script_args, fallback_path=start)
     model = start if start else build_base_model(script_args, tokenizer)
-    dataset = load_icot_dataset(script_args.dataset_name_or_path)
-    train = split(dataset, script_args.train_split, script_args.max_train_samples)
-    evaluation = None
-    if script_args.eval_split and script_args.eval_split in dataset:
-        evaluation = split(dataset, script_args.eval_split, script_args.max_eval_samples)
+    train, evaluation = raw_splits(script_args, RAW)
     trainer = CODITrainer(model=model, args=training_args, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer)
     train_and_save(trainer, training_args)
 

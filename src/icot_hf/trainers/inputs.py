@@ -22,6 +22,31 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ..data import COLUMNS, ICoTCollator, model_context_length, sequence_format_of, tokenize_dataset
 
 TRAINER_ARGUMENT_ORDER = ("model", "args", "data_collator", "train_dataset", "eval_dataset", "processing_class")
+METHOD_MODEL_TYPES = {"icot_student", "icot_emulator", "icot", "icot_stepwise", "coconut", "codi"}  # icot_hf's own model types
+
+
+def load_lm_or_own(model, own_class, method: str, init_kwargs: dict | None):
+    """For a method that starts from a causal LM or continues its own model (Coconut, CODI): `model` by name
+    (loaded; its own folder as `own_class`) or as an instance. Another icot_hf method's model is refused,
+    by name before anything loads."""
+    from transformers import AutoConfig, PreTrainedModel
+
+    own_type = own_class.config_class.model_type
+    others = METHOD_MODEL_TYPES - {own_type}
+    if is_name(model):
+        model_type = AutoConfig.from_pretrained(str(model)).model_type
+        if model_type in others:
+            raise ValueError(f"{model} holds an {model_type} model (another icot_hf method); give {method} a causal LM (trained on "
+                             f"explicit CoT) or a {method} folder")
+        load = own_class if model_type == own_type else AutoModelForCausalLM
+        model = load.from_pretrained(str(model), **(init_kwargs or {}))
+    elif init_kwargs:
+        raise ValueError("model_init_kwargs apply only when model is a name or path")
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(f"model must be a causal LM or its name, got {type(model).__name__}")
+    if getattr(model.config, "model_type", None) in others:
+        raise ValueError(f"the model is an {model.config.model_type} model (another icot_hf method), not a causal LM for {method}")
+    return model
 
 
 def named_arguments(positional: tuple, kwargs: dict) -> dict:
