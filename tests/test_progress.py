@@ -58,3 +58,6 @@ def test_the_summary_names_each_lane_and_the_time_left(tmp_path):
     assert "run: ~43 min left" in line  # the longer lane (2280 s) + the evaluation (300 s)
     unknown = summary(phases, starts, ends, {}, now)
     assert "run: at least 38 min left" in unknown  # stages never timed before are not guessed
+    assert "then coupled (time unknown)" in unknown
+    partly = summary([parse_phase(f"no_cot:{tmp_path}/nc coupled:{tmp_path}/c codi:{tmp_path}/d")], starts, ends, reference, now)
+    assert "then coupled, codi (~10 min + ?)" in partly  # a method no earlier run timed is not counted as 0

@@ -135,7 +135,11 @@ def summary(phases: list[list[list[tuple[str, str | None]]]], starts: dict, ends
                 text = f"{name}: " + (f"step {s['step']:,}/{s['max_steps']:,}, " if "step" in s else "starting, ")
                 text += f"{'~' if s['estimated'] else ''}{minutes(s['seconds_left'])} left"
                 if pending:
-                    text += f"; then {', '.join(pending)} (~{minutes(sum(s2['seconds_left'] or 0 for n2, s2 in statuses if n2 in pending))})"
+                    lefts = [s2["seconds_left"] for n2, s2 in statuses if n2 in pending]
+                    known = [left for left in lefts if left is not None]
+                    # a stage no earlier run timed (a method added since) has no estimate: say so rather than count it as 0
+                    estimate = f"~{minutes(sum(known))}" + (" + ?" if len(known) < len(lefts) else "") if known else "time unknown"
+                    text += f"; then {', '.join(pending)} ({estimate})"
                 parts.append(text)
         total += max(lane_lefts, default=0.0)
     clock = time.strftime("%H:%M", time.localtime(now + total))
