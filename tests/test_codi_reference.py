@@ -262,3 +262,33 @@ def test_a_released_checkpoint_imports_as_a_codi_model_that_computes_what_it_com
                              capture_output=True, text=True, env=env)
     assert refused.returncode != 0 and "refused" in refused.stderr and not (tmp_path / "ran").exists()
     assert not (tmp_path / "out2" / "codi").exists()
+
+
+def test_batched_generation_writes_what_the_released_evaluation_writes_alone(tmp_path):
+    """generation.json (make_generation_fixture.py) holds the tokens the released test.py's greedy decoding
+    wrote from this fixture's trained state for 8 questions, one at a time and in batches of 4. The imported
+    model answers all 8 in one left-padded batch through `generate` (the KV cache, HF's decoding) and every
+    row must be the released batch-1 answer token for token, up to and including eos. The released batch
+    of 4 passes no attention mask after the question, so its shorter questions' thoughts and answers also
+    read their padding; the fixture records how many of its answers that changed (the docstring of
+    make_generation_fixture.py), which is why batch 1 is the reference here."""
+    import shutil
+
+    from icot_hf.codi.import_released import import_codi
+
+    recorded = json.loads((FIXTURE / "generation.json").read_text())
+    base = tmp_path / "base"
+    shutil.copytree(FIXTURE / "tokenizer", base)
+    shutil.copy(FIXTURE / "model_config.json", base / "config.json")
+    model, tokenizer = import_codi(FIXTURE / "final.safetensors", str(base), num_latent=recorded["settings"]["latents"])
+    questions = [row["question"] for row in recorded["rows"]]
+    batch = model.prompt_ids(tokenizer, questions)
+    assert batch["attention_mask"].eq(0).any()  # the batch pads some questions
+    out = model.generate(**batch, max_new_tokens=recorded["settings"]["max_new_tokens"], do_sample=False,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    start = batch["input_ids"].shape[1] + model.config.num_latent + 1  # the thoughts' placeholders, then <|eot|> (remove_eos)
+    for row, (question, released) in enumerate(zip(questions, recorded["tokens"]["1"])):
+        ours = out[row, start:].tolist()
+        if tokenizer.eos_token_id in ours:
+            ours = ours[:ours.index(tokenizer.eos_token_id) + 1]
+        assert ours == released, (question, tokenizer.decode(ours), tokenizer.decode(released))
