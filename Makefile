@@ -7,7 +7,7 @@ METHODS ?=
 TEST_FILE ?= $(firstword $(wildcard ../shared/data/icot_original/$(subst x,_by_,$(subst _mult,,$(TASK)))_mult/test_bigbench.txt))
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help install install-deepspeed reproduce test test-fast proofs mutants bench bench-train bench-precision bench-coconut clean
+.PHONY: help install install-deepspeed reproduce test test-fast proofs mutants bench bench-train bench-precision bench-coconut bench-codi clean
 
 ## This list of targets
 help:
@@ -55,14 +55,22 @@ bench: install
 		$(if $(filter $(words $(BENCH_FILES)),$(words $(BENCH_TASKS))),--test_files $(BENCH_FILES))
 	$(MAKE) bench-train
 	$(if $(and $(COCONUT_SRC),$(REFERENCE_PYTHON)),$(MAKE) bench-coconut)
+	$(if $(and $(CODI_SRC),$(CODI_REFERENCE_PYTHON)),$(MAKE) bench-codi)
 
 COCONUT_SRC ?=
 REFERENCE_PYTHON ?=
+CODI_SRC ?=
+CODI_REFERENCE_PYTHON ?=
 ## Coconut against its released code (training examples/s, batched vs batch-1 generation): results/coconut_speed.{json,md}.
 ## Needs COCONUT_SRC (a checkout of facebookresearch/coconut) and REFERENCE_PYTHON (a Python with transformers==4.46.2).
 bench-coconut: install
 	@[ -n "$(COCONUT_SRC)" ] && [ -n "$(REFERENCE_PYTHON)" ] || { echo "make bench-coconut: set COCONUT_SRC=<coconut checkout> REFERENCE_PYTHON=<python with transformers==4.46.2>"; exit 2; }
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/coconut_speed.py --coconut_src $(COCONUT_SRC) --reference_python $(REFERENCE_PYTHON) --output_dir results
+
+## CODI's training step and generation against the released code on the same model and data: results/codi_speed.json + .md
+bench-codi: install
+	@[ -n "$(CODI_SRC)" ] && [ -n "$(CODI_REFERENCE_PYTHON)" ] || { echo "make bench-codi: set CODI_SRC=<zhenyi4/codi checkout> CODI_REFERENCE_PYTHON=<python with transformers==4.52.4, peft==0.15.2>"; exit 2; }
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/codi_speed.py --codi_src $(CODI_SRC) --reference_python $(CODI_REFERENCE_PYTHON) --output_dir results
 
 ## Training throughput per stage at GPT-2's vocabulary, label-position logits on and off (no trained models needed):
 ## results/train_throughput.json + .md. Run on an idle machine.
