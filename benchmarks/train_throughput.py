@@ -8,7 +8,8 @@ tokenizer, fp32, 4x4 lines, the real Trainer; steps after a warm-up timed).
         --label_logits on --stages teacher --batch_sizes 32 --name vocab_precision --output_dir results
 
 `--precisions fp32 bf16` compares mixed precision with full precision (on a CPU: bf16 autocast,
-worth it only where the CPU has avx512_bf16 or AMX); `--vocab` picks the output layer's size: the
+worth it only where the CPU has avx512_bf16 or AMX; bf16 runs the label-position loss's output layer
+in bf16 too, and `bf16-fp32head` is bf16 with that layer kept fp32, as before issue 36); `--vocab` picks the output layer's size: the
 digit tokenizer's, GPT-2's 50,257, or a Llama-3-sized 128,256 (a 4 x 128 Llama, GPT-2's token ids,
 random weights: only the head's size matters for speed); `--rounds` repeats every variant that many
 times, interleaved (round 1 of each variant, then round 2, ...), so a drift of the machine's speed
@@ -42,6 +43,7 @@ from icot_hf.trainers import MindReadingConfig, MindReadingTrainer, TeacherConfi
 
 STAGES = ("teacher", "mind_reading")
 SHAPES = {"8x128": (8, 128, 4), "gpt2-small": (12, 768, 12)}  # the issue's CPU shape; the paper's GPT-2 small
+PRECISIONS = ("fp32", "bf16", "bf16-fp32head")
 
 
 def gpt2_tokenizer():
@@ -105,8 +107,8 @@ def run_variant(stage: str, batch_size: int, label_logits_only: bool, precision:
     steps = args.warmup + args.steps
     common = dict(output_dir=tempfile.mkdtemp(prefix="train_throughput_"), max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=1e-4,
                   lr_scheduler_type="constant", report_to="none", save_strategy="no", eval_strategy="no", logging_steps=10**6,
-                  disable_tqdm=True, label_logits_only=label_logits_only, dataloader_num_workers=0, bf16=precision == "bf16",
-                  use_cpu=not torch.cuda.is_available())
+                  disable_tqdm=True, label_logits_only=label_logits_only, dataloader_num_workers=0, bf16=precision != "fp32",
+                  output_layer_precision="fp32" if precision == "bf16-fp32head" else "compute", use_cpu=not torch.cuda.is_available())
     teacher = AutoModelForCausalLM.from_config(config)
     timer = StepTimer(args.warmup)
     collator = ICoTCollator(tokenizer.pad_token_id)
@@ -166,7 +168,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="8x128", help="GPT-2 shape (random weights: speed only)")
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (the same as --precisions bf16)")
-    parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=None, help="Precisions to compare (default fp32).")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=None,
+                        help="Precisions to compare (default fp32): bf16 runs the label-position loss's output layer in bf16 "
+                        "(output_layer_precision: compute), bf16-fp32head keeps it fp32 (the behaviour before issue 36).")
     parser.add_argument("--vocab", nargs="+", choices=("digit", "gpt2", "llama128k"), default=["gpt2"], help="Output layer sizes to run.")
     parser.add_argument("--label_logits", choices=("both", "on", "off"), default="both", help="Label-position logits on, off or both.")
     parser.add_argument("--rounds", type=int, default=1, help="Interleaved repetitions of every variant.")

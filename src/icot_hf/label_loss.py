@@ -22,8 +22,10 @@ Mixed precision: accelerate applies autocast inside `model.forward`, and this lo
 forward returns, so it makes the logits with the fp32 master weight, in fp32, the largest matmul of
 a small model's step. `compute_dtype` (bf16/fp16) makes the logits and the weight's gradient with
 that dtype's matmul instead (fp32 accumulation), keeping the log-sum-exp, the loss and the
-gradient's sum over chunks in fp32 (tested against the fp32 path). The trainers do not pass it yet:
-it changes a bf16 run's numbers, so it is switched on together with the benchmarks that decide it.
+gradient's sum over chunks in fp32 (tested against the fp32 path). The trainers pass it under
+bf16/fp16 as `output_layer_precision` decides (icot_hf.precision.output_layer_dtype: by default from
+4,096 vocabulary tokens up; the digit tokenizers' tiny layer stays fp32); benchmarks/output_layer_precision.py
+measures the gain per vocabulary.
 
 It applies where the logits are exactly `lm_head(last_hidden_state)` (`PLAIN_HEAD_MODEL_TYPES`,
 no soft-capping or logit scale) and the head's weight is a whole tensor (not under DeepSpeed

@@ -280,7 +280,7 @@ class ICoTTrainer(LibraryTrainerMixin, Trainer):
         if getattr(self.args, "label_logits_only", False) and not getattr(self, "_keep_logits", False):
             from ..label_loss import label_position_loss
 
-            result = label_position_loss(model, labels, **forward_kwargs)
+            result = label_position_loss(model, labels, compute_dtype=self.output_layer_dtype(model), **forward_kwargs)
             if result is not None:
                 loss, accuracy = result
                 self.record(token_accuracy=accuracy)
@@ -290,6 +290,18 @@ class ICoTTrainer(LibraryTrainerMixin, Trainer):
         if getattr(self, "_keep_logits", False):  # for prediction_step: what compute_metrics scores
             self._kept = (outputs.logits, labels)
         return outputs.loss, outputs
+
+    def output_layer_dtype(self, model):
+        """The dtype of the label-position loss's output layer (icot_hf.precision.output_layer_dtype),
+        decided once per run from the precision and the head's vocabulary."""
+        if "_output_layer_dtype" not in self.__dict__:
+            from ..label_loss import causal_lm_inside
+            from ..precision import output_layer_dtype
+
+            head = causal_lm_inside(model).get_output_embeddings()
+            vocab = getattr(head, "out_features", 0) if head is not None else 0
+            self._output_layer_dtype = output_layer_dtype(self.args, vocab)
+        return self._output_layer_dtype
 
     # ---------------------------------------------------------------- exact match on eval
 

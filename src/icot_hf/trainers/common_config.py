@@ -81,6 +81,13 @@ class ICoTTrainingArguments(TrainingArguments):
                   "(elsewhere bf16 is emulated and far slower than fp32), 'true' always, 'false' never (icot_hf.precision). "
                   "On a GPU, use bf16 as usual."},
     )
+    output_layer_precision: str = field(
+        default="auto",
+        metadata={"help": "Under bf16/fp16 mixed precision, the dtype of the output layer's matmuls in the label-position "
+                  "loss, which runs after the autocast forward returns: 'compute' (the mixed-precision dtype, fp32 "
+                  "accumulation; the log-sum-exp, loss and gradient sums stay fp32), 'fp32', or 'auto' ('compute' from "
+                  "4,096 vocabulary tokens up, fp32 for the digit tokenizers, where the layer is a small share of a step)."},
+    )
     generation_batch_size: int = field(default=64, metadata={"help": "Batch size of generation-based evaluation."})
     use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters on the base causal LM(s) instead of all their weights."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
@@ -98,6 +105,10 @@ class ICoTTrainingArguments(TrainingArguments):
             # the Trainer accepts bf16 without a GPU only when told the run is on the CPU
             self.bf16, self.use_cpu = True, True
         super().__post_init__()
+        from ..precision import OUTPUT_LAYER_CHOICES
+
+        if str(self.output_layer_precision).lower() not in OUTPUT_LAYER_CHOICES:
+            raise ValueError(f"output_layer_precision must be one of {OUTPUT_LAYER_CHOICES}, got {self.output_layer_precision!r}")
         if self.eval_exact_match_samples < 0:
             raise ValueError(f"eval_exact_match_samples must be >= 0, got {self.eval_exact_match_samples}")
         if self.generation_batch_size < 1:
