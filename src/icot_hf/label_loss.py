@@ -24,8 +24,8 @@ a small model's step. `compute_dtype` (bf16/fp16) makes the logits and the weigh
 that dtype's matmul instead (fp32 accumulation), keeping the log-sum-exp, the loss and the
 gradient's sum over chunks in fp32 (tested against the fp32 path). The trainers pass it under
 bf16/fp16 as `output_layer_precision` decides (icot_hf.precision.output_layer_dtype: by default from
-4,096 vocabulary tokens up; the digit tokenizers' tiny layer stays fp32); benchmarks/output_layer_precision.py
-measures the gain per vocabulary.
+4,096 vocabulary tokens up; the digit tokenizers' tiny layer stays fp32); benchmarks/train_throughput.py
+(`--precisions fp32 bf16 bf16-fp32head`) measures the gain per vocabulary (results/output_layer_precision.md).
 
 It applies where the logits are exactly `lm_head(last_hidden_state)` (`PLAIN_HEAD_MODEL_TYPES`,
 no soft-capping or logit scale) and the head's weight is a whole tensor (not under DeepSpeed

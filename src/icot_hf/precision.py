@@ -79,10 +79,16 @@ def output_layer_dtype(training_args, vocab_size: int):
     (the mixed-precision dtype), `fp32`, or `auto` (`compute` from OUTPUT_LAYER_MIN_VOCAB tokens up)."""
     import torch
 
-    choice = str(getattr(training_args, "output_layer_precision", "auto")).lower()
-    if choice not in OUTPUT_LAYER_CHOICES:
-        raise ValueError(f"output_layer_precision must be one of {OUTPUT_LAYER_CHOICES}, got {choice!r}")
+    choice = checked_output_layer_precision(getattr(training_args, "output_layer_precision", "auto"))
     mixed = precision_of(training_args)
     if mixed == "fp32" or choice == "fp32" or (choice == "auto" and vocab_size < OUTPUT_LAYER_MIN_VOCAB):
         return None
     return torch.bfloat16 if mixed == "bf16" else torch.float16
+
+
+def checked_output_layer_precision(choice) -> str:
+    """`output_layer_precision`, lower-cased; a clear error for anything but OUTPUT_LAYER_CHOICES."""
+    choice = str(choice).lower()
+    if choice not in OUTPUT_LAYER_CHOICES:
+        raise ValueError(f"output_layer_precision must be one of {OUTPUT_LAYER_CHOICES}, got {choice!r}")
+    return choice

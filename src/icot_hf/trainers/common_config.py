@@ -105,10 +105,9 @@ class ICoTTrainingArguments(TrainingArguments):
             # the Trainer accepts bf16 without a GPU only when told the run is on the CPU
             self.bf16, self.use_cpu = True, True
         super().__post_init__()
-        from ..precision import OUTPUT_LAYER_CHOICES
+        from ..precision import checked_output_layer_precision
 
-        if str(self.output_layer_precision).lower() not in OUTPUT_LAYER_CHOICES:
-            raise ValueError(f"output_layer_precision must be one of {OUTPUT_LAYER_CHOICES}, got {self.output_layer_precision!r}")
+        checked_output_layer_precision(self.output_layer_precision)
         if self.eval_exact_match_samples < 0:
             raise ValueError(f"eval_exact_match_samples must be >= 0, got {self.eval_exact_match_samples}")
         if self.generation_batch_size < 1:
