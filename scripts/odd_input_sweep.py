@@ -17,13 +17,23 @@ writes, a run that fails midway (an input found bad or missing only once loading
 disk) and then the same command line again once the cause is fixed: the failure must leave what
 was there before (a finished run byte for byte, no folder where there was none; a training run
 cut by a full disk may keep its checkpoints, which its re-run resumes from) and the re-run must
-end with the complete result.
+end with the complete result. And each command killed (SIGKILL) at its writes, one kill per run
+(scripts/kill_at_write.py numbers them: files opened for writing, safetensors and torch.save files
+cut to half, folders made, renames into place): after each kill, every part of the result whose
+marker is there must equal an uninterrupted run's, and the same command line run again must end
+with the uninterrupted run's result (weights bit for bit, datasets' Arrow files, exact matches),
+leaving no hidden file behind. Commands: conversion, made data, import of the paper's checkpoints,
+evaluation, and the teacher, mind-reading (teacher states cached), ICoT-SI, Coconut and CODI
+trainings with a checkpoint each step.
 
-    python scripts/odd_input_sweep.py            # prints the table; tests/test_odd_input_sweep.py runs it
+    python scripts/odd_input_sweep.py                         # everything; make proofs runs it
+    python scripts/odd_input_sweep.py --parts midway kills --kills 4   # round 3, as make test runs it
+    python scripts/odd_input_sweep.py --parts kills --kills 0  # every write of every command (~45 min)
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -91,6 +101,22 @@ def api(code: str) -> list[str]:
     return [PY, "-c", wrapped]
 
 
+def build_models(work: Path) -> None:
+    """What every part reads: a small data set, a teacher, a student and an emulator trained on
+    it (one step each), the compact GPT-2 tokenizer of the paper-checkpoint fixture."""
+    data, teacher = work / "data", work / "teacher"
+    stage = dict(capture_output=True, check=True)
+    subprocess.run(script("make_multiplication.py", "--digits", 2, "--train_size", 64, "--valid_size", 8, "--test_size", 8, "--output_dir", data),
+                   **stage)
+    subprocess.run(train_on(data, teacher), **stage)
+    kd = ["--dataset_name_or_path", data, "--teacher_name_or_path", teacher, *QUICK]
+    subprocess.run(script("mind_reading.py", *kd, "--output_dir", work / "student"), **stage)
+    subprocess.run(script("emulator.py", *kd, "--output_dir", work / "emulator"), **stage)
+    fixture = REPO / "tests" / "fixtures" / "reference_trajectory"
+    subprocess.run([PY, "-c", f"import sys; sys.path.insert(0, {str(fixture)!r}); from compact_tokenizer import build_compact_gpt2_tokenizer as b; "
+                    f"b().save_pretrained({str(work / 'compact_tokenizer')!r})"], **stage)
+
+
 def build_cases(work: Path) -> list[tuple[str, str, list[str], str]]:
     """(input, entry point, command, expected: 'ok' or a fragment of the error line)."""
     user, data = work / "user", work / "data"
@@ -108,10 +134,7 @@ def build_cases(work: Path) -> list[tuple[str, str, list[str], str]]:
     (user / "lora_list.yaml").write_text(f"dataset_name_or_path: {user / 'bom.txt'}\nmodel_config: {TINY}\noutput_dir: {work / 'out_lora'}\n"
                                          "use_peft: true\nlora_target_modules: [c_attn]\neval_strategy: 'no'\nsave_strategy: 'no'\nmax_steps: 1\n"
                                          "per_device_train_batch_size: 2\nuse_cpu: true\n")
-    subprocess.run(script("make_multiplication.py", "--digits", 2, "--train_size", 64, "--valid_size", 8, "--test_size", 8, "--output_dir", data),
-                   check=True, capture_output=True)
     teacher = work / "teacher"
-    subprocess.run(train_on(data, teacher), check=True, capture_output=True)
     # round 2: what a careful user or a security reviewer tries (the "nothing lost, round 2" issue)
     (user / "utf16le.txt").write_bytes(((LINE + "\n") * 4).encode("utf-16-le"))
     (user / "separator_in_question.txt").write_text(LINE + "\n" + "1 2 <|endoftext|> 3 4||3 6 + 0 4 8 #### 3 0 4 0\n")
@@ -134,9 +157,6 @@ def build_cases(work: Path) -> list[tuple[str, str, list[str], str]]:
     subprocess.run([PY, "-c", f"from icot_hf import build_digit_tokenizer as b; t = b(); t.add_tokens(['%']); t.save_pretrained({str(other_tokenizer)!r})"],
                    check=True, capture_output=True)
     stage = dict(capture_output=True, check=True)
-    kd = ["--dataset_name_or_path", data, "--teacher_name_or_path", teacher, *QUICK]
-    subprocess.run(script("mind_reading.py", *kd, "--output_dir", work / "student"), **stage)
-    subprocess.run(script("emulator.py", *kd, "--output_dir", work / "emulator"), **stage)
     subprocess.run(script("couple.py", "--dataset_name_or_path", data, "--student_name_or_path", work / "student", "--emulator_name_or_path",
                           work / "emulator", "--output_dir", work / "coupled_lora", "--use_peft", "true", *QUICK), **stage)
     import shutil
@@ -266,6 +286,7 @@ def rerun_cases(work: Path, data: Path, teacher: Path) -> list[dict]:
     good = (LINE + "\n") * 8
     for name in ("teacher_data.txt", "stepwise_data.txt", "test_file.txt"):
         (rr / name).write_text(LINE + "\n" + BAD_LINE + good)
+    (rr / "train_file.txt").write_text(good)
     shutil.copytree(teacher, rr / "finished_teacher")
     (rr / "coconut.yaml").write_text(COCONUT_YAML)
     fix_file = lambda name: lambda: (rr / name).write_text(good)  # noqa: E731
@@ -294,7 +315,7 @@ def rerun_cases(work: Path, data: Path, teacher: Path) -> list[dict]:
                             "--teacher_name_or_path", rr / "late_coconut_teacher", "--output_dir", rr / "coconut"),
              folder=rr / "coconut", error="late_coconut_teacher", fix=fix_folder(teacher, rr / "late_coconut_teacher"), done=marker),
         dict(what="conversion, a bad line in the test file", entry="convert_icot_text.py",
-             command=script("convert_icot_text.py", "--train", work / "user" / "bom.txt", "--test", rr / "test_file.txt",
+             command=script("convert_icot_text.py", "--train", rr / "train_file.txt", "--test", rr / "test_file.txt",
                             "--output_dir", rr / "converted"),
              folder=rr / "converted", error="test_file.txt:2:", fix=fix_file("test_file.txt"), done="icot_data_settings.json"),
         dict(what="evaluation, a bad line in a --test_files file", entry="evaluate_models.py",
@@ -307,6 +328,114 @@ def rerun_cases(work: Path, data: Path, teacher: Path) -> list[dict]:
         dict(what="teacher, a full disk mid-checkpoint", entry="teacher.py", command=limited(30_000, train_full),
              folder=rr / "teacher_full", error="the disk filled up", fix=lambda: None, again=train_full, unchanged=False, done=marker),
     ]
+
+
+def kill_cases(work: Path, data: Path, teacher: Path) -> list[dict]:
+    """Round 3's kills: each command killed at its k-th write (scripts/kill_at_write.py), then run
+    again as it was. (what, entry, the command for a root folder it writes under, the parts of its
+    result: marker -> what must equal an uninterrupted run's once the marker is there)."""
+    text = work / "kill_inputs"
+    text.mkdir()
+    (text / "train.txt").write_text((LINE + "\n") * 8)
+    (text / "test.txt").write_text((LINE + "\n") * 4)
+    (text / "coconut.yaml").write_text(COCONUT_YAML.replace("max_steps: 1", "max_steps: 2"))
+    two_steps = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--eval_strategy", "no", "--save_strategy", "steps",
+                 "--save_steps", "1", "--use_cpu", "true"]
+    from_teacher = ["--dataset_name_or_path", data, "--teacher_name_or_path", teacher]
+    reference = REPO / "tests" / "fixtures" / "reference_trajectory"
+    weights = lambda folder: lambda root: hashes(root / folder, "model.safetensors")  # noqa: E731
+    dataset = lambda root: hashes(root / "out", "*/*.arrow", "dataset_dict.json")  # noqa: E731
+    trained = dict(marker="out/training_complete.json", result=weights("out"))
+    return [
+        dict(what="conversion", entry="convert_icot_text.py", parts=[dict(marker="out", result=dataset)],
+             command=lambda root: script("convert_icot_text.py", "--train", text / "train.txt", "--test", text / "test.txt",
+                                         "--output_dir", root / "out")),
+        dict(what="made data", entry="make_multiplication.py", parts=[dict(marker="out", result=dataset)],
+             command=lambda root: script("make_multiplication.py", "--digits", 2, "--train_size", 16, "--valid_size", 4,
+                                         "--test_size", 4, "--output_dir", root / "out")),
+        dict(what="import of the paper's checkpoints", entry="import_reference.py",
+             parts=[dict(marker=f"out/{name}/icot_imported.json", result=weights(f"out/{name}")) for name in ("teacher", "coupled", "stepwise")],
+             command=lambda root: script("import_reference.py", "--teacher", reference / "checkpoints" / "teacher",
+                                         "--student", reference / "checkpoints" / "coupled" / "student",
+                                         "--emulator", reference / "checkpoints" / "coupled" / "emulator",
+                                         "--stepwise", reference / "checkpoints" / "stepwise", "--base_model", reference / "base_gpt2",
+                                         "--tokenizer", work / "compact_tokenizer", "--output_dir", root / "out")),
+        dict(what="evaluation", entry="evaluate_models.py", parts=[dict(marker="out/results.json", result=exact_matches)],
+             command=lambda root: script("evaluate_models.py", "--dataset_name_or_path", data, "--teacher_model", teacher,
+                                         "--no_cot_model", teacher, "--test_files", text / "test.txt", "--max_examples", 4,
+                                         "--max_examples_batch1", 2, "--batch_sizes", 1, 2, "--output_dir", root / "out")),
+        dict(what="teacher, a checkpoint each step", entry="teacher.py", parts=[trained],
+             command=lambda root: train_on(data, root / "out", "--max_steps", 2, "--save_strategy", "steps", "--save_steps", 1)),
+        dict(what="mind-reading student, teacher states cached", entry="mind_reading.py", parts=[trained],
+             command=lambda root: script("mind_reading.py", *from_teacher, "--teacher_state_cache", root / "states",
+                                         "--output_dir", root / "out", *two_steps)),
+        dict(what="ICoT-SI, a checkpoint each step", entry="stepwise.py", parts=[trained],
+             command=lambda root: script("stepwise.py", *from_teacher, "--keep_best_fully_removed", "false", "--output_dir", root / "out",
+                                         *two_steps)),
+        dict(what="Coconut, a checkpoint each step", entry="coconut.py", parts=[trained],
+             command=lambda root: script("coconut.py", "--config", text / "coconut.yaml", *from_teacher, "--output_dir", root / "out",
+                                         "--save_strategy", "steps", "--save_steps", 1)),
+        dict(what="CODI, a checkpoint each step", entry="codi.py", parts=[trained],
+             command=lambda root: script("codi.py", *from_teacher, "--num_latent", 1, "--answer_prefix", "", "--output_dir", root / "out",
+                                         *two_steps)),
+    ]
+
+
+def hashes(folder: Path, *patterns: str) -> dict[str, str] | None:
+    if not folder.is_dir():
+        return None
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for pattern in patterns for p in sorted(folder.glob(pattern)) if p.is_file()}
+
+
+def exact_matches(root: Path) -> list | None:
+    """Every exact match in an evaluation's results.json (the timings differ from run to run)."""
+    found = []
+
+    def walk(value):
+        if isinstance(value, dict):
+            for key, item in sorted(value.items()):
+                found.append((key, item)) if key == "exact_match" else walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    try:
+        walk(json.loads((root / "out" / "results.json").read_text()))
+    except (OSError, ValueError):
+        return None
+    return found
+
+
+def kill_points(events: int, spread: int) -> list[int]:
+    """`spread` writes from the first to the last (the marker's), or every write (spread 0)."""
+    return list(range(1, events + 1)) if spread <= 0 else sorted({round(1 + i * (events - 1) / max(spread - 1, 1)) for i in range(spread)})
+
+
+def killed(case: dict, root: Path, at: int, events: Path | None = None) -> list[str]:
+    command = case["command"](root)
+    return [PY, str(REPO / "scripts" / "kill_at_write.py"), "--under", str(root), "--at", str(at),
+            *(["--events", str(events)] if events else []), *command[1:]]
+
+
+def kill_then_rerun(case: dict, root: Path, at: int, expected: list, attempt) -> tuple[bool, str]:
+    """Kill `case` at write `at` under a fresh `root`; then judge what it left (each part of the
+    result whose marker is there equals the uninterrupted run's) and the same command again (rc 0,
+    every part equal to the uninterrupted run's, nothing hidden left behind)."""
+    from icot_hf.run_record import LOCK_FILE
+
+    root.mkdir(parents=True)
+    first = attempt(killed(case, root, at))
+    if first.returncode not in (-9, 137):
+        return False, f"write {at}: not killed (exit {first.returncode}: {(first.stderr.strip().splitlines() or ['?'])[-1][:80]})"
+    partial = [part["marker"] for part, want in zip(case["parts"], expected) if (root / part["marker"]).exists() and part["result"](root) != want]
+    second = attempt(case["command"](root))
+    wrong = [part["marker"] for part, want in zip(case["parts"], expected) if part["result"](root) != want]
+    hidden = sorted(str(p.relative_to(root)) for p in root.rglob(".*") if p.name != LOCK_FILE)  # the lock: a run's flock, kept
+    if partial or wrong or hidden or second.returncode != 0 or "Traceback" in second.stderr:
+        said = next((line for line in second.stderr.splitlines() if line.startswith("error:")), f"exit {second.returncode}")
+        return False, f"write {at}: left a partial result {partial} | re-run: {said[:80]} differs {wrong} | left hidden {hidden[:3]}"
+    return True, f"write {at}: re-run complete"
 
 
 def fail_then_rerun(case: dict, attempt) -> tuple[bool, str]:
@@ -335,54 +464,101 @@ def fail_then_rerun(case: dict, attempt) -> tuple[bool, str]:
     return failed and kept and done, outcome
 
 
+PARTS = ("inputs", "midway", "kills")
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(description="the odd-input sweep (see the module's docstring)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="inputs: rounds 1 and 2; midway: round 3's failures found late and full disks; kills: round 3's kills")
+    parser.add_argument("--kills", type=int, default=6, help="writes each command is killed at, spread from its first to its last; 0: every write")
+    options = parser.parse_args()
     failures = 0
     with tempfile.TemporaryDirectory(prefix="odd_input_sweep_") as scratch:
         work = Path(scratch)
-        cases = build_cases(work)
-        before = snapshot(work / "user")
+        build_models(work)
         env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
         env.pop("ICOT_HF_TRACEBACK", None)
-        print(f"{'input':55s} | {'entry point':30s} | outcome")
 
-        def attempt(case):
-            return subprocess.run(case[2], capture_output=True, text=True, env=env, cwd=work, timeout=600)
+        def run(command):
+            return subprocess.run(command, capture_output=True, text=True, env=env, cwd=work, timeout=600)
 
-        # the first cases re-run one teacher folder: one at a time; the rest touch folders of their
-        # own and run two at a time (each is mostly a process importing torch and transformers)
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            runs = [attempt(case) for case in cases[:SERIAL_CASES]]
-            runs += list(pool.map(attempt, cases[SERIAL_CASES:]))
-        for (what, entry, command, expected), run in zip(cases, runs):
-            error_lines = [line for line in run.stderr.splitlines() if line.startswith("error:")]
-            if run.returncode == 0:
-                said = expected.partition("+")[2]
-                outcome = "ok" + (f" ({said})" if said and said in run.stdout + run.stderr else "")
-                good = expected.startswith("ok") and (not said or said in run.stdout + run.stderr)
-            else:
-                outcome = error_lines[0] if error_lines else f"exit {run.returncode} without an error line"
-                good = not expected.startswith("ok") and bool(error_lines) and expected in run.stderr
-            if "Traceback" in run.stderr:
-                outcome, good = f"raw traceback: {run.stderr.strip().splitlines()[-1]}", False
-            failures += not good
-            print(f"{what:55s} | {entry:30s} | {'' if good else 'UNEXPECTED: '}{outcome[:160]}")
-        print(f"\n{'fails midway, then the same command again':55s} | {'entry point':30s} | failure | what it left | re-run")
+        if "inputs" in options.parts:
+            failures += inputs_part(work, run)
         data, teacher = work / "data", work / "teacher"
-        reruns = rerun_cases(work, data, teacher)
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            judged = list(pool.map(lambda case: fail_then_rerun(case, lambda command: subprocess.run(
-                command, capture_output=True, text=True, env=env, cwd=work, timeout=600)), reruns))
-        for case, (good, outcome) in zip(reruns, judged):
-            failures += not good
-            print(f"{case['what']:55s} | {case['entry']:30s} | {'' if good else 'UNEXPECTED: '}{outcome}")
-        changed = sorted(k for k in set(before) | set(snapshot(work / "user")) if before.get(k) != snapshot(work / "user").get(k))
-        print(f"user files changed: {json.dumps(changed) if changed else 'none'}")
+        if "midway" in options.parts:
+            print(f"\n{'fails midway, then the same command again':55s} | {'entry point':30s} | failure | what it left | re-run")
+            reruns = rerun_cases(work, data, teacher)
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                judged = list(pool.map(lambda case: fail_then_rerun(case, run), reruns))
+            for case, (good, outcome) in zip(reruns, judged):
+                failures += not good
+                print(f"{case['what']:55s} | {case['entry']:30s} | {'' if good else 'UNEXPECTED: '}{outcome}")
+        if "kills" in options.parts:
+            failures += kills_part(work, data, teacher, options.kills, run)
         left = sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.name.endswith(".tmp") or ".staging-" in p.name)
         print(f"temporary or staging files left: {json.dumps(left) if left else 'none'}")
         failures += bool(left)
-        failures += bool(changed)
     print(f"{failures} case(s) did not behave" if failures else "every case behaved")
     return 1 if failures else 0
+
+
+def inputs_part(work: Path, run) -> int:
+    """Rounds 1 and 2: one line per odd input; the user's files hashed before and after."""
+    failures = 0
+    cases = build_cases(work)
+    before = snapshot(work / "user")
+    print(f"{'input':55s} | {'entry point':30s} | outcome")
+    # the first cases re-run one teacher folder: one at a time; the rest touch folders of their
+    # own and run two at a time (each is mostly a process importing torch and transformers)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = [run(case[2]) for case in cases[:SERIAL_CASES]]
+        runs += list(pool.map(lambda case: run(case[2]), cases[SERIAL_CASES:]))
+    for (what, entry, command, expected), result in zip(cases, runs):
+        error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        if result.returncode == 0:
+            said = expected.partition("+")[2]
+            outcome = "ok" + (f" ({said})" if said and said in result.stdout + result.stderr else "")
+            good = expected.startswith("ok") and (not said or said in result.stdout + result.stderr)
+        else:
+            outcome = error_lines[0] if error_lines else f"exit {result.returncode} without an error line"
+            good = not expected.startswith("ok") and bool(error_lines) and expected in result.stderr
+        if "Traceback" in result.stderr:
+            outcome, good = f"raw traceback: {result.stderr.strip().splitlines()[-1]}", False
+        failures += not good
+        print(f"{what:55s} | {entry:30s} | {'' if good else 'UNEXPECTED: '}{outcome[:160]}")
+    changed = sorted(k for k in set(before) | set(snapshot(work / "user")) if before.get(k) != snapshot(work / "user").get(k))
+    print(f"user files changed: {json.dumps(changed) if changed else 'none'}")
+    return failures + bool(changed)
+
+
+def kills_part(work: Path, data: Path, teacher: Path, spread: int, run) -> int:
+    """Round 3's kills: an uninterrupted run of each command lists its writes and its result; then
+    the command is killed at each chosen write and run again (kill_then_rerun)."""
+    failures = 0
+    cases = kill_cases(work, data, teacher)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        def uninterrupted(index_case):
+            index, case = index_case
+            root, events = work / "kills" / f"{index}-whole", work / "kills" / f"{index}-writes.json"
+            root.mkdir(parents=True)
+            result = run(killed(case, root, 0, events))
+            if result.returncode != 0:
+                raise SystemExit(f"{case['what']}: the uninterrupted run failed: {result.stderr[-2000:]}")
+            return json.loads(events.read_text()), [part["result"](root) for part in case["parts"]]
+
+        wholes = list(pool.map(uninterrupted, enumerate(cases)))
+        jobs = [(index, at) for index, (writes, _) in enumerate(wholes) for at in kill_points(len(writes), spread)]
+        judged = list(pool.map(lambda job: kill_then_rerun(cases[job[0]], work / "kills" / f"{job[0]}-at-{job[1]}", job[1],
+                                                           wholes[job[0]][1], run), jobs))
+    print(f"\n{'killed at a write, then the same command again':55s} | {'entry point':30s} | writes | kills | outcome")
+    for index, (case, (writes, _)) in enumerate(zip(cases, wholes)):
+        mine = [(at, outcome) for (i, at), outcome in zip(jobs, judged) if i == index]
+        bad = [text for _, (good, text) in mine if not good]
+        failures += len(bad)
+        print(f"{case['what']:55s} | {case['entry']:30s} | {len(writes):6d} | {len(mine):5d} | "
+              + ("; ".join(f"UNEXPECTED: {text}" for text in bad) if bad else "each left a complete result or none; each re-run completed"))
+    return failures
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO
 from icot_hf.recipe_utils import ScriptArguments
@@ -185,3 +186,30 @@ def test_recipe_rerun_through_the_command_line(tmp_path):
     fresh = launch("--learning_rate", "3e-4", "--overwrite_output_dir", "true")
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert json.loads((out / COMPLETE_MARKER).read_text())["run"]["settings"]["learning_rate"] == 3e-4
+
+
+def test_a_run_resumed_from_its_last_steps_checkpoint_trains_no_further(tmp_path, tokenizer):
+    """A run killed after its last checkpoint but before its final save is resumed from that
+    checkpoint: it must end there (transformers' loop trains one batch before it checks max_steps;
+    measured under a constant learning rate: a step 3 of 2 with other weights). Issue 37's kills."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from conftest import multiplication_dataset, tiny_config
+    from icot_hf.data import ICoTCollator, tokenize_dataset
+    from icot_hf.trainers import TeacherTrainer
+
+    def trainer():
+        args = TeacherConfig(output_dir=str(tmp_path / "out"), max_steps=2, save_strategy="steps", save_steps=1, per_device_train_batch_size=2,
+                             learning_rate=1e-2, lr_scheduler_type="constant", use_cpu=True, report_to="none", eval_strategy="no")
+        model = AutoModelForCausalLM.from_config(tiny_config("gpt2", tokenizer, layers=1, width=16))
+        return TeacherTrainer(model=model, args=args, data_collator=ICoTCollator(tokenizer.pad_token_id),
+                              train_dataset=tokenize_dataset(multiplication_dataset(2, 16), tokenizer))
+
+    trainer().train()
+    resumed = trainer()
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
+    assert resumed.state.global_step == 2 and not (tmp_path / "out" / "checkpoint-3").exists()
+    saved = load_file(tmp_path / "out" / "checkpoint-2" / "model.safetensors")
+    now = resumed.model.state_dict()
+    assert all(torch.equal(now[name], tensor) for name, tensor in saved.items() if name in now)

@@ -173,6 +173,17 @@ class LibraryTrainerMixin:
         self.stage_metrics[mode].clear()
         super().log(logs, start_time)
 
+    def _run_epoch(self, *args, **kwargs):
+        """No step past the end. Resumed from a checkpoint saved at the run's last step (a run
+        killed between that checkpoint and its final save), transformers' loop would train one
+        more batch before it checks `max_steps` (it checks after each step): measured, a killed
+        Coconut run's re-run ended at step 3 of 2 with other weights than the uninterrupted run's.
+        Here an epoch that starts with the steps all done is not run."""
+        if self.state.max_steps > 0 and self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     card_stage = "teacher"  # the model card's stage (icot_hf.hub.STAGES)
 
     def model_card(self, task: str | None = None, dataset: str | None = None) -> str:
