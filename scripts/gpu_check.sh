@@ -3,7 +3,8 @@
 # with timeout_s 600), for what the 2-core CPU cannot show. Writes $CHECK_DIR (report.md and the raw files):
 #   1. the device, torch and CUDA versions;
 #   2. training throughput, teacher and mind-reading student, GPT-2 small shape (the paper's), batch 32,
-#      label-position logits on and off, fp32 and bf16, with peak memory (alone on the GPU);
+#      label-position logits on and off, fp32 and bf16, with peak memory (alone on the GPU); and the
+#      teacher at a 128k vocabulary (4 layers x 768), fp32 against bf16 (issue 36's pair);
 #   3. the paper preset's pipeline shortened (`reproduce.sh PRESET=paper` on configs derived from
 #      recipes/configs/4x4_mult/paper: few steps per stage, a random-init GPT-2-small-shaped model standing
 #      in for the Hub's `gpt2`, GPT-2's BPE tokenizer, bf16): samples/s, peak GPU memory and validation
@@ -62,6 +63,11 @@ echo "==> training throughput ($(date +%T))"
         --output_dir "$CHECK_DIR/throughput_$precision" >> "$CHECK_DIR/throughput.log" 2>&1 || { echo "- $precision: FAILED or timed out, see throughput.log"; failed=1; }
       tail -n +3 "$CHECK_DIR/throughput_$precision/train_throughput.md" 2>/dev/null
     done
+    # issue 36's pair at a Llama-3-sized vocabulary: the output layer in the compute dtype under bf16
+    timeout $((200 * LIMIT_SCALE)) "$PY" "$REPO/benchmarks/train_throughput.py" --shape gpt2-small --stages teacher --vocab llama128k \
+      --precisions fp32 bf16 --label_logits on --batch_sizes 32 --steps 40 --warmup 10 --output_dir "$CHECK_DIR/throughput_128k" \
+      >> "$CHECK_DIR/throughput.log" 2>&1 || { echo "- 128k vocabulary: FAILED or timed out, see throughput.log"; failed=1; }
+    tail -n +3 "$CHECK_DIR/throughput_128k/train_throughput.md" 2>/dev/null
   fi
 } > "$CHECK_DIR/section_throughput.md" 2>&1
 cat "$CHECK_DIR/section_throughput.md"

@@ -75,17 +75,23 @@ class LinearCrossEntropy(torch.autograd.Function):
                 logits = logits + bias
             logits = logits.float()
             target = targets[rows]
-            log_normaliser = torch.logsumexp(logits, dim=-1)
-            loss += (log_normaliser - logits.gather(1, target.unsqueeze(1)).squeeze(1)).sum()
-            predictions[rows] = logits.argmax(-1)
+            # Five passes over the chunk's logits, all in place: the row maxima with their argmax
+            # (the token accuracy's predictions; the first of tied maxima, as argmax), exp(logit - max),
+            # the row sums, and (for the gradient) the division that makes the softmax.
+            target_logit = logits.gather(1, target.unsqueeze(1)).squeeze(1)
+            top, predictions[rows] = logits.max(-1)
+            exps = logits.sub_(top.unsqueeze(1)).exp_()
+            sums = exps.sum(-1)
+            loss += (top + sums.log() - target_logit).sum()
             if needs_grad:  # d(sum of CE)/d(logits) = softmax - one-hot, made in place over the logits
-                grad_logits = logits.sub_(log_normaliser.unsqueeze(1)).exp_()
+                grad_logits = exps.div_(sums.unsqueeze(1))
                 grad_logits[torch.arange(grad_logits.shape[0], device=grad_logits.device), target] -= 1.0
-                grad_hidden[rows] = (grad_logits.to(matmul_weight.dtype) @ matmul_weight).div_(count).to(hidden.dtype)
+                matmul_grad = grad_logits.to(low) if low is not None else grad_logits  # converted once for both matmuls
+                grad_hidden[rows] = (matmul_grad @ matmul_weight).div_(count).to(hidden.dtype)
                 if low is None:
                     grad_weight.addmm_(grad_logits.t(), hidden[rows].float())
                 else:  # this chunk's (V, H) sum in the compute dtype, added to the fp32 total
-                    grad_weight += grad_logits.to(low).t() @ matmul_hidden[rows]
+                    grad_weight += matmul_grad.t() @ matmul_hidden[rows]
                 if grad_bias is not None:
                     grad_bias += grad_logits.sum(0)
         if needs_grad:  # the mean's 1/N, applied once to the (V, H) sums
