@@ -213,3 +213,45 @@ def test_a_run_resumed_from_its_last_steps_checkpoint_trains_no_further(tmp_path
     saved = load_file(tmp_path / "out" / "checkpoint-2" / "model.safetensors")
     now = resumed.model.state_dict()
     assert all(torch.equal(now[name], tensor) for name, tensor in saved.items() if name in now)
+
+
+def test_a_launch_killed_while_writing_its_record_does_not_block_its_rerun(tmp_path):
+    """Killed at the third write of a run (its lock taken, run_settings.json.tmp opened, nothing in
+    it): the folder holds only what our launch wrote, and the same command starts (it used to be
+    refused as 'not empty and holds no icot_hf run'). A file of anyone else's there still stops it."""
+    (tmp_path / "data.txt").write_text("1 2 * 3 4||5 6 #### 7 8\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_FILE).write_text("")
+    (run / (SETTINGS_FILE + ".tmp")).write_text("")
+    script, training = arguments(tmp_path)
+    assert started(script, training)
+    assert json.loads((run / SETTINGS_FILE).read_text())["settings"]["learning_rate"] == training.learning_rate
+    assert not (run / (SETTINGS_FILE + ".tmp")).exists()
+    abandon_unstarted_runs()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / (SETTINGS_FILE + ".tmp")).write_text("")  # no lock of ours beside it: not ours
+    training.output_dir = str(other)
+    with pytest.raises(FileExistsError, match="holds no icot_hf run"):
+        begin_run(script, training)
+
+
+def test_a_run_killed_while_writing_its_metrics_reruns_to_the_end(tmp_path):
+    """Killed just after opening all_results.json (empty, no completion marker): the re-run resumes
+    from its last checkpoint and ends (transformers' save_metrics read the empty file back and failed)."""
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, str(REPO / "dataset_scripts" / "make_multiplication.py"), "--digits", "2", "--train_size", "32",
+                    "--valid_size", "4", "--test_size", "4", "--output_dir", str(data)], check=True, capture_output=True)
+    out = tmp_path / "teacher"
+    command = [sys.executable, str(REPO / "recipes" / "teacher.py"), "--dataset_name_or_path", str(data), "--output_dir", str(out),
+               "--model_config", "{model_type: gpt2, n_layer: 1, n_embd: 16, n_head: 2, n_positions: 64}", "--max_steps", "2",
+               "--per_device_train_batch_size", "4", "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "1",
+               "--report_to", "none", "--use_cpu", "true"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    assert subprocess.run(command, env=env, capture_output=True, timeout=600).returncode == 0
+    (out / COMPLETE_MARKER).unlink()
+    (out / "all_results.json").write_text("")
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((out / "all_results.json").read_text()) and (out / COMPLETE_MARKER).is_file()

@@ -88,7 +88,7 @@ def test_a_failed_swap_keeps_the_old_cache(setup, tmp_path, monkeypatch):
     real_replace = state_cache.os.replace
 
     def failing_replace(src, dst):
-        if str(dst) == str(tmp_path / "cache") and ".replaced." not in str(src):
+        if str(dst) == str(tmp_path / "cache") and "replaced" not in str(src):
             raise OSError("disk full")  # the new cache cannot move in
         return real_replace(src, dst)
 
@@ -114,3 +114,19 @@ def test_a_trainer_reading_the_cache_computes_the_same_loss(setup, tmp_path, tok
         # and the loss reads the cached column, not the teacher: other states give another loss
         shuffled = dict(with_cache, teacher_states=with_cache["teacher_states"].roll(1, dims=0))
         assert abs(float(trainer.compute_loss(student, shuffled)) - float(trainer.compute_loss(student, without))) > 1e-4
+
+
+def test_a_build_killed_midway_leaves_nothing_for_good(setup, tmp_path):
+    """A build killed mid-save (SIGKILL: no cleanup runs) leaves its staging folder; the next build
+    removes it (found by killing a mind-reading run at each write: `.states.*` folders piled up)."""
+    import subprocess
+    import sys
+
+    teacher, data, collator = setup
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    left = tmp_path / f".cache.staging-{dead}-abc123"
+    left.mkdir()
+    (left / "data-00000-of-00001.arrow").write_bytes(b"half")
+    (tmp_path / "notes").mkdir()  # someone else's folder beside it: kept
+    attach_teacher_states(data, teacher, collator, "dynamic", "diagonal", tmp_path / "cache", batch_size=5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "notes"]

@@ -25,7 +25,7 @@ from .curves import write_learning_curve
 from .data import SEQUENCE_FORMATS, load_icot_dataset, tokenize_dataset, without_empty_cot
 from .precision import precision_of
 from .progress import ProgressFile
-from .run_record import CHECKPOINTS_FILE, record_checkpoint, start_run, written_by_this_run
+from .run_record import CHECKPOINTS_FILE, read_json, record_checkpoint, start_run, written_by_this_run
 from .run_record import begin_run as begin_run_record
 from .run_record import finish_run  # noqa: F401
 from .tokenization import build_digit_tokenizer, separator_token_id
@@ -401,6 +401,9 @@ def train_and_save(trainer, training_args) -> dict:
     if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())
     trainer.log_metrics("final", metrics)
+    combined = Path(training_args.output_dir) / "all_results.json"
+    if trainer.is_world_process_zero() and combined.exists() and read_json(combined) is None:
+        combined.unlink()  # cut off by a kill as this run wrote it before: save_metrics would fail to read it back
     trainer.save_metrics("final", metrics)
     if trainer.is_world_process_zero():
         write_learning_curve(trainer, training_args.output_dir)

@@ -257,6 +257,14 @@ def lock_output_dir(output_dir: Path) -> None:
     _held_locks[str(path)] = handle
 
 
+def only_a_killed_start(output_dir: Path) -> bool:
+    """`output_dir` holds nothing, or only what a launch of ours killed while it wrote its record
+    left: the lock file and the record's temporary (found by killing a run at each write: such a
+    folder used to be refused as not ours, blocking the same command's re-run)."""
+    names = {p.name for p in output_dir.iterdir()}
+    return names <= {LOCK_FILE} or (LOCK_FILE in names and names <= {LOCK_FILE, SETTINGS_FILE + ".tmp"})
+
+
 def release_output_dir(output_dir: Path) -> None:
     handle = _held_locks.pop(str(Path(output_dir) / LOCK_FILE), None)
     if handle is not None:
@@ -288,7 +296,7 @@ def _begin_run(script_args, training_args, is_main_process: bool) -> bool:
     fresh = bool(getattr(script_args, "overwrite_output_dir", False))
     explicit_resume = training_args.resume_from_checkpoint
 
-    if output_dir.is_dir() and any(p.name != LOCK_FILE for p in output_dir.iterdir()) and not is_our_run(output_dir):
+    if output_dir.is_dir() and not only_a_killed_start(output_dir) and not is_our_run(output_dir):
         raise FileExistsError(f"{output_dir} is not empty and holds no icot_hf run (no {SETTINGS_FILE} or {COMPLETE_MARKER}): "
                               "choose another output_dir; nothing was written or removed (--overwrite_output_dir and "
                               "--rerun_if_changed only ever replace a run of ours)")

@@ -28,6 +28,8 @@ import torch
 from datasets import Dataset, concatenate_datasets, load_from_disk
 from tqdm.auto import tqdm
 
+from ..data import remove_dead_staging
+
 CACHE_COLUMN = "teacher_states"
 INFO_FILE = "state_cache.json"
 CACHE_FILES = ("dataset_info.json", "state.json", INFO_FILE)  # and data-*.arrow: what a cache folder holds
@@ -105,13 +107,15 @@ def build_cache(teacher, dataset, collator, delta, subset, cache_dir: Path, sett
     teacher.eval()
     states = Dataset.from_dict({CACHE_COLUMN: extract_all(teacher, dataset, collator, delta, subset, batch_size)})
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.", dir=cache_dir.parent))
+    remove_dead_staging(cache_dir)  # what a build killed midway left (its process is gone)
+    # named as remove_dead_staging knows them (`.NAME.staging-PID-...`), so a kill never leaves one for good
+    staging = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.staging-{os.getpid()}-", dir=cache_dir.parent))
     old = None  # where a stale cache waits while the new one moves in
     try:
         states.save_to_disk(str(staging))
         (staging / INFO_FILE).write_text(json.dumps(settings, indent=2))
         if cache_dir.exists():  # empty, or a stale cache of ours (checked by the caller)
-            old = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.replaced.", dir=cache_dir.parent)) / "cache"
+            old = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.staging-{os.getpid()}-replaced", dir=cache_dir.parent)) / "cache"
             os.replace(cache_dir, old)
         try:
             os.replace(staging, cache_dir)
