@@ -56,25 +56,26 @@ def answer_log_probability(model, question_ids: list[int], answer_ids: list[int]
     """log p(answer | question) under one full forward (states substituted at the separator)."""
     ids = torch.tensor([question_ids + answer_ids])
     logits = model(ids, separator_positions=torch.tensor([len(question_ids) - 1])).logits[0].log_softmax(-1)
-    return sum(float(logits[len(question_ids) - 1 + i, token]) for i, token in enumerate(answer_ids))
+    return sum(float(logits[len(question_ids) - 1 + i, token].detach()) for i, token in enumerate(answer_ids))
 
 
 def test_beam_search(trained, tokenizer):
-    """Three beams run through the same prefill substitution, stop every row at its separator
-    and find answers at least as likely (scored by full forwards) as greedy's."""
-    sep, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    batch = prompt_batch(tokenizer, QUESTIONS, sep, pad)
+    """Three beams run through the same prefill substitution and stop every row at its separator:
+    each returned answer's beam score is its log-probability under one full forward divided by its
+    length (the beam objective, length_penalty 1). (This used to compare with greedy's answer, which
+    beam search does not promise to beat: it may prune greedy's prefix; a retrained fixture showed it.)"""
+    sep = tokenizer.eos_token_id
+    batch = prompt_batch(tokenizer, QUESTIONS, sep, tokenizer.pad_token_id)
     width = batch["input_ids"].shape[1]
-    beams = trained.generate(**batch, num_beams=3, max_new_tokens=30)[:, width:]
-    greedy = trained.generate(**batch, max_new_tokens=30)[:, width:]
+    out = trained.generate(**batch, num_beams=3, max_new_tokens=30, return_dict_in_generate=True, output_scores=True)
+    beams = out.sequences[:, width:]
     assert beams.shape[0] == len(QUESTIONS) and beams.shape[1] < 30
-    for row, (beam_row, greedy_row) in enumerate(zip(beams.tolist(), greedy.tolist())):
+    for row, beam_row in enumerate(beams.tolist()):
         assert sep in beam_row
         question = batch["input_ids"][row][batch["attention_mask"][row].bool()].tolist()
-        beam_answer, greedy_answer = beam_row[: beam_row.index(sep) + 1], greedy_row[: greedy_row.index(sep) + 1]
-        beam_score = answer_log_probability(trained, question, beam_answer)
-        greedy_score = answer_log_probability(trained, question, greedy_answer)
-        assert beam_score >= greedy_score - 1e-4, (QUESTIONS[row], beam_score, greedy_score)
+        answer = beam_row[: beam_row.index(sep) + 1]
+        full = answer_log_probability(trained, question, answer) / len(answer)
+        assert abs(float(out.sequences_scores[row]) - full) < 1e-4, (QUESTIONS[row], float(out.sequences_scores[row]), full)
 
 
 def test_generate_matches_full_forward(trained, tokenizer):
