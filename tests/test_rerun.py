@@ -158,17 +158,23 @@ def test_record_covers_the_stage_arguments(tmp_path):
     assert "output_dir" not in record["settings"] and "overwrite_output_dir" not in record["settings"]
 
 
+def teacher_recipe(tmp_path, train_size: int, *settings: str) -> list[str]:
+    """Made 2x2 data in tmp_path/data, and the teacher recipe's command line training a tiny GPT-2 on it
+    into tmp_path/teacher with `settings`."""
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, str(REPO / "dataset_scripts" / "make_multiplication.py"), "--digits", "2", "--train_size", str(train_size),
+                    "--valid_size", "4", "--test_size", "4", "--output_dir", str(data)], check=True, capture_output=True)
+    return [sys.executable, str(REPO / "recipes" / "teacher.py"), "--dataset_name_or_path", str(data), "--output_dir", str(tmp_path / "teacher"),
+            "--model_config", "{model_type: gpt2, n_layer: 1, n_embd: 16, n_head: 2, n_positions: 64}", "--eval_strategy", "no",
+            "--report_to", "none", "--use_cpu", "true", *settings]
+
+
 @pytest.mark.slow
 def test_recipe_rerun_through_the_command_line(tmp_path):
     """The real teacher recipe: same command twice (second: nothing to do, model untouched);
     a changed learning rate stops with its name; --overwrite_output_dir trains it afresh."""
-    data = tmp_path / "data"
-    subprocess.run([sys.executable, str(REPO / "dataset_scripts" / "make_multiplication.py"), "--digits", "2", "--train_size", "200",
-                    "--valid_size", "10", "--test_size", "10", "--output_dir", str(data)], check=True, capture_output=True)
     out = tmp_path / "teacher"
-    base = [sys.executable, str(REPO / "recipes" / "teacher.py"), "--dataset_name_or_path", str(data), "--output_dir", str(out),
-            "--model_config", "{model_type: gpt2, n_layer: 1, n_embd: 16, n_head: 2, n_positions: 64}", "--max_steps", "3",
-            "--per_device_train_batch_size", "8", "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", "--use_cpu", "true"]
+    base = teacher_recipe(tmp_path, 200, "--max_steps", "3", "--per_device_train_batch_size", "8", "--save_strategy", "no")
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
 
     def launch(*extra):
@@ -240,14 +246,9 @@ def test_a_launch_killed_while_writing_its_record_does_not_block_its_rerun(tmp_p
 def test_a_run_killed_while_writing_its_metrics_reruns_to_the_end(tmp_path):
     """Killed just after opening all_results.json (empty, no completion marker): the re-run resumes
     from its last checkpoint and ends (transformers' save_metrics read the empty file back and failed)."""
-    data = tmp_path / "data"
-    subprocess.run([sys.executable, str(REPO / "dataset_scripts" / "make_multiplication.py"), "--digits", "2", "--train_size", "32",
-                    "--valid_size", "4", "--test_size", "4", "--output_dir", str(data)], check=True, capture_output=True)
     out = tmp_path / "teacher"
-    command = [sys.executable, str(REPO / "recipes" / "teacher.py"), "--dataset_name_or_path", str(data), "--output_dir", str(out),
-               "--model_config", "{model_type: gpt2, n_layer: 1, n_embd: 16, n_head: 2, n_positions: 64}", "--max_steps", "2",
-               "--per_device_train_batch_size", "4", "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "1",
-               "--report_to", "none", "--use_cpu", "true"]
+    command = teacher_recipe(tmp_path, 32, "--max_steps", "2", "--per_device_train_batch_size", "4", "--save_strategy", "steps",
+                             "--save_steps", "1")
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     assert subprocess.run(command, env=env, capture_output=True, timeout=600).returncode == 0
     (out / COMPLETE_MARKER).unlink()
